@@ -1,0 +1,109 @@
+"""Monotone decoding of per-slice probabilities into one contiguous IN range per stack.
+
+A short-axis stack ordered apex -> base is labelled OAP* IN* OBS*: the slices beyond the apex, then the slices
+with LV cavity, then the slices beyond the base. A per-slice classifier can break that order (an isolated OBS
+between two IN slices); `monotone_decode` returns the most probable labelling that respects it.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+OAP, IN, OBS = 0, 1, 2
+STACK_KEYS = ("patient", "frame", "slice")
+PROBA_FLOOR = 1e-12  # log(0) would make every labelling through a zero-probability slice equally impossible
+
+
+def stack_table(stacks, n: int) -> pd.DataFrame:
+    """The (patient, frame, slice) of each of n samples as a DataFrame with a fresh 0..n-1 index.
+
+    stacks: a DataFrame with columns patient, frame, slice (other columns ignored, e.g. a manifest), or a
+    sequence of three equally long arrays (patient, frame, slice).
+    """
+    if isinstance(stacks, pd.DataFrame):
+        missing = [c for c in STACK_KEYS if c not in stacks.columns]
+        if missing:
+            raise ValueError(f"stacks: missing column(s) {missing}; need {list(STACK_KEYS)}")
+        table = stacks[list(STACK_KEYS)].reset_index(drop=True)
+    else:
+        if len(stacks) != 3:
+            raise ValueError(f"stacks: expected a DataFrame or 3 arrays (patient, frame, slice), got {len(stacks)}")
+        table = pd.DataFrame({k: np.asarray(v) for k, v in zip(STACK_KEYS, stacks)})
+    if len(table) != n:
+        raise ValueError(f"stacks: {len(table)} rows for {n} samples")
+    if not pd.api.types.is_integer_dtype(table["slice"]):
+        raise ValueError(f"stacks: slice must be integer, got dtype {table['slice'].dtype}")
+    dup = table.duplicated(list(STACK_KEYS))
+    if dup.any():
+        first = table[dup].iloc[0]
+        raise ValueError(f"stacks: patient {first.patient} frame {first.frame} slice {first.slice} occurs "
+                         f"more than once ({int(dup.sum())} duplicate rows)")
+    return table
+
+
+def stack_groups(table: pd.DataFrame) -> list[np.ndarray]:
+    """Row positions of each (patient, frame) stack, ordered by slice (apex -> base)."""
+    slices = table["slice"].to_numpy()
+    groups = table.groupby(["patient", "frame"], sort=True, dropna=False).indices.values()
+    return [rows[np.argsort(slices[rows], kind="stable")] for rows in groups]
+
+
+def monotone_decode(proba) -> np.ndarray:
+    """Most probable labelling OAP^i IN^(j-i) OBS^(n-j) (0 <= i <= j <= n) of one stack ordered apex -> base.
+
+    proba: (n, 3) class probabilities (OAP, IN, OBS). Maximises the sum of log-probabilities, probabilities
+    clipped at 1e-12; any run may be empty (all IN, all OAP, no IN at all...). Exact and O(n): with
+    A[i] = sum_{k<i} (log p_OAP - log p_IN) and B[j] = sum_{k<j} (log p_IN - log p_OBS), the score of (i, j) is
+    A[i] + B[j] + sum_k log p_OBS, so the best j for a given i is an argmax of the suffix B[i..n].
+
+    Ties go to the lexicographically smallest label sequence: the longest OAP run, then the longest IN run.
+    That is np.argmax's lowest-class-first rule, so when the per-slice argmax is already monotone the result
+    equals it, ties included. Scores within 1e-9 * (1 + sum |log p|) of the best count as tied, because
+    summing the same numbers in another order already moves the last bits.
+    """
+    p = np.asarray(proba, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != 3:
+        raise ValueError(f"monotone_decode: expected (n, 3) probabilities (OAP, IN, OBS), got shape {p.shape}")
+    if not np.isfinite(p).all():
+        raise ValueError("monotone_decode: probabilities contain NaN or inf")
+    n = len(p)
+    logp = np.log(np.clip(p, PROBA_FLOOR, 1.0))
+    a = np.concatenate([[0.0], np.cumsum(logp[:, OAP] - logp[:, IN])])
+    b = np.concatenate([[0.0], np.cumsum(logp[:, IN] - logp[:, OBS])])
+    best_b_from = np.maximum.accumulate(b[::-1])[::-1]
+    best_for_i = a + best_b_from
+    floor = best_for_i.max() - 1e-9 * (1.0 + np.abs(logp).sum())
+    i = int(np.flatnonzero(best_for_i >= floor)[-1])
+    j = i + int(np.flatnonzero(a[i] + b[i:] >= floor)[-1])
+    labels = np.full(n, OBS, dtype=np.int64)
+    labels[:i] = OAP
+    labels[i:j] = IN
+    return labels
+
+
+def decode_stacks(proba, stacks) -> np.ndarray:
+    """`monotone_decode` applied to each (patient, frame) stack ordered by slice; labels in the input row order.
+
+    stacks: see `stack_table`. A stack missing some slices is decoded over the slices present, in slice order.
+    """
+    p = np.asarray(proba, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != 3:
+        raise ValueError(f"decode_stacks: expected (n, 3) probabilities (OAP, IN, OBS), got shape {p.shape}")
+    table = stack_table(stacks, len(p))
+    labels = np.empty(len(p), dtype=np.int64)
+    for rows in stack_groups(table):
+        labels[rows] = monotone_decode(p[rows])
+    return labels
+
+
+def in_range(labels: Sequence[int], in_index: int = IN) -> tuple[int, int] | None:
+    """(first, last) position of an IN label in a stack's labels ordered apex -> base, or None without IN.
+
+    For a non-monotone labelling this is the span from the first to the last IN, gaps included.
+    """
+    hits = np.flatnonzero(np.asarray(labels) == in_index)
+    if hits.size == 0:
+        return None
+    return int(hits[0]), int(hits[-1])
