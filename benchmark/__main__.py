@@ -1,0 +1,93 @@
+"""`python -m benchmark`: run the paper's protocol for one backbone, a list, or all 21 models."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF C++ chatter hides our own progress lines
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .profiles import PROFILES
+    from .registry import BACKBONES
+    p = argparse.ArgumentParser(
+        prog="python -m benchmark",
+        description="Transfer-learning benchmark for cardiac short-axis slice classification (Ho & Kim 2021 "
+                    "protocol): patient-grouped 5-fold CV over a learning-rate grid, automatic selection of LR and "
+                    "epochs, a final fit on all training patients, and a patient-held-out test. Results go to "
+                    "OUT/<backbone>_d<depth>/ and OUT/summary.csv.",
+        epilog="Profiles: " + "; ".join(f"{k}: {v.description}" for k, v in PROFILES.items()))
+    p.add_argument("--backbone", default="mobilenet",
+                   help=f"one of {', '.join(BACKBONES)}, a comma-separated list, or 'all' (9 backbones at the "
+                        "requested depths + 3 CBR baselines = 21 models with --depth both). Default: mobilenet")
+    p.add_argument("--depth", choices=["0", "1", "both"], default="both",
+                   help="0: frozen backbone, head only; 1: last convolutional block fine-tuned (starts from the "
+                        "depth-0 model); both (default). CBR baselines always train from scratch.")
+    p.add_argument("--data", type=Path, help="dataset directory made by `python -m data_prep`; default: the "
+                                             "embedded synthetic phantom (generated once and cached)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--test-data", type=Path, help="separate dataset directory used only for testing")
+    g.add_argument("--test-fraction", type=float,
+                   help="fraction of patients held out for testing (patient-level, class-stratified); default: "
+                        "the manifest's split column if it has test rows, else the profile's test_fraction")
+    p.add_argument("--profile", default="quick", help=f"protocol profile: {', '.join(PROFILES)} (default quick)")
+    p.add_argument("--weights", help="imagenet (Keras cache, $KERAS_HOME/models), none (random init), auto "
+                                     "(imagenet where the file is present, else none) or a PATH to a no-top .h5 "
+                                     "file; default: the profile's (paper: imagenet, quick: auto)")
+    p.add_argument("--seed", type=int, default=0, help="seed of splits, folds, augmentation and initialisation")
+    p.add_argument("--out", type=Path, default=Path("results/run"), help="results directory (default results/run)")
+    p.add_argument("--cache-dir", type=Path, help="where cached features live (default OUT/cache)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="run the exact per-epoch path: the backbone sees every image in every epoch with a fresh "
+                        "rotation, instead of training on cached features of a finite augmentation bank")
+    p.add_argument("--epochs", type=int, help="override the profile's epoch count")
+    p.add_argument("--folds", type=int, help="override the profile's number of CV folds")
+    p.add_argument("--force", action="store_true", help="redo runs that already finished in OUT")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from data_prep.errors import DataPrepError
+    from .data import BenchmarkInputError
+    from .registry import WeightsMissing
+    try:
+        return _run(args)
+    except (BenchmarkInputError, DataPrepError, WeightsMissing) as exc:
+        print(f"benchmark: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyError as exc:  # unknown backbone or profile: the message lists the valid names
+        print(f"benchmark: error: {exc.args[0]}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("benchmark: interrupted; finished jobs are kept and a re-run resumes", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .data import BenchmarkInputError
+    from .grid import check_writable, make_experiment, plan, run_grid, synthetic_default
+    from .profiles import get_profile
+    profile = get_profile(args.profile).with_overrides(epochs=args.epochs, n_folds=args.folds)
+    if profile.epochs < 1 or profile.n_folds < 2:
+        raise BenchmarkInputError("--epochs must be >= 1 and --folds >= 2")
+    pairs = plan([b.strip() for b in args.backbone.split(",") if b.strip()], args.depth)
+    check_writable(args.out)
+    data = args.data or synthetic_default(profile.synthetic_patients)
+    import keras
+    import tensorflow as tf
+    tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(args.seed)
+    exp = make_experiment(data, profile, args.seed, args.out, args.weights or profile.weights,
+                          use_cache=profile.cache and not args.no_cache, test_data=args.test_data,
+                          test_fraction=args.test_fraction, cache_dir=args.cache_dir)
+    summary = run_grid(exp, pairs, force=args.force)
+    print(f"summary: {args.out / 'summary.csv'}")
+    failed = summary[summary["status"] != "done"] if not summary.empty else summary
+    return 1 if len(failed) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""The fast path: run the frozen part of a network once per image view and train only what follows it.
+
+At depth 0 the frozen part is the whole backbone and the cache holds the pooled feature vector of each view; at
+depth 1 it is everything before the last convolutional block and the cache holds the tensors that block reads.
+
+Views. Validation and test rows get their single un-augmented view. Training rows get an *augmentation bank*: each
+training slot (a row, or one oversampled copy of an OAP/OBS row) has K rotated views, and every epoch draws one of
+them per slot. The per-epoch path (`--no-cache`) instead draws a fresh rotation every epoch; both use
+`data.view_angle`, so with K >= epochs the two paths see exactly the same angles.
+
+Cache files live in <cache_dir>/<key>/ as .npy (memory-mapped on load) plus meta.json with shapes and sha256 per
+file. The key hashes the backbone, its weights file, the preprocessing, the dataset manifest, the view list and the
+split point, so a cache is never reused for other data or settings; a partial or corrupt cache fails the checksum
+and is rebuilt.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+from tqdm.auto import tqdm
+
+from data_prep.manifest import file_sha256
+
+from .data import Dataset, view_angle
+from .preprocess import Preprocessing
+from .registry import POOLED
+
+
+@dataclass(frozen=True)
+class Views:
+    """A list of image views: (row, copy, draw) each; copy = -1 marks the un-augmented view."""
+
+    rows: np.ndarray
+    copies: np.ndarray
+    draws: np.ndarray
+
+    def angles(self, seed: int, max_deg: float) -> np.ndarray:
+        return np.array([0.0 if c < 0 else view_angle(seed, r, c, d, max_deg)
+                         for r, c, d in zip(self.rows, self.copies, self.draws)], dtype=np.float64)
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for a in (self.rows, self.copies, self.draws):
+            h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
+        return h.hexdigest()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def plain_views(rows: np.ndarray) -> Views:
+    rows = np.asarray(rows, dtype=np.int64)
+    return Views(rows, np.full(len(rows), -1, np.int64), np.zeros(len(rows), np.int64))
+
+
+def bank_views(ds: Dataset, pool: np.ndarray, factors: np.ndarray, k: int, augment: bool) -> Views:
+    """Every view a cached fit over (a subset of) `pool` can draw: K per training slot, plus each row's plain view.
+
+    Without augmentation every draw of every copy is the plain image, so the bank is just the plain views.
+    """
+    pool = np.asarray(pool, dtype=np.int64)
+    if not augment:
+        return plain_views(pool)
+    reps = factors[ds.rows.y.to_numpy()[pool]]
+    rows, copies, draws = [pool], [np.full(len(pool), -1)], [np.zeros(len(pool))]
+    for r, n in zip(pool, reps):
+        c, d = np.meshgrid(np.arange(n), np.arange(k), indexing="ij")
+        rows.append(np.full(c.size, r))
+        copies.append(c.ravel())
+        draws.append(d.ravel())
+    return Views(*(np.concatenate(a).astype(np.int64) for a in (rows, copies, draws)))
+
+
+class ViewIndex:
+    """Maps (row, copy, draw) to a position in a Views list (for gathering cached tensors)."""
+
+    def __init__(self, views: Views):
+        self._pos = {(int(r), int(c), int(d)): i
+                     for i, (r, c, d) in enumerate(zip(views.rows, views.copies, views.draws))}
+
+    def __call__(self, rows, copies, draws) -> np.ndarray:
+        return np.fromiter((self._pos[(int(r), int(c), int(d))] for r, c, d in zip(rows, copies, draws)),
+                           dtype=np.int64, count=len(rows))
+
+
+def boundary(model: keras.Model, start: int) -> list:
+    """Tensors that layers model.layers[start:] read from earlier layers: the outputs the cache must hold."""
+    earlier = {id(layer.output): layer.output for layer in model.layers[:start]}
+    out: list = []
+    for layer in model.layers[start:]:
+        inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+        for t in inputs:
+            if id(t) in earlier and all(t is not b for b in out):
+                out.append(t)
+    return out
+
+
+def split_model(model: keras.Model, start: int) -> tuple[keras.Model, keras.Model]:
+    """(prefix: image -> boundary tensors, suffix: boundary tensors -> output), sharing the model's layers."""
+    tensors = boundary(model, start)
+    prefix = keras.Model(model.input, tensors if len(tensors) > 1 else tensors[0], name="frozen_prefix")
+    suffix = keras.Model(tensors if len(tensors) > 1 else tensors[0], model.output, name="trainable_suffix")
+    return prefix, suffix
+
+
+def depth0_start(model: keras.Model) -> int:
+    """Depth 0 caches the pooled vector: everything after the pooling layer trains."""
+    return [layer.name for layer in model.layers].index(POOLED) + 1
+
+
+def weights_fingerprint(path: str | None) -> str:
+    if path is None:
+        return "random-init"
+    p = Path(path)
+    return f"{p.name}:{p.stat().st_size}:{file_sha256(p)[:16]}"
+
+
+def cache_key(**parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _valid(directory: Path) -> dict | None:
+    meta_path = directory / "meta.json"
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        for f in meta["files"]:
+            path = directory / f["name"]
+            if not path.is_file() or path.stat().st_size != f["bytes"] or file_sha256(path) != f["sha256"]:
+                return None
+    except (json.JSONDecodeError, KeyError, OSError):
+        return None
+    return meta
+
+
+def cached_outputs(prefix: keras.Model, ds: Dataset, prep: Preprocessing, views: Views, *, cache_dir: Path,
+                   key: str, seed: int, rotation_deg: float, dtype: str = "float16",
+                   batch_size: int = 64, describe: dict | None = None) -> list[np.ndarray]:
+    """The prefix outputs for every view, computed once and memory-mapped from disk afterwards."""
+    directory = Path(cache_dir) / key
+    meta = _valid(directory)
+    if meta is None:
+        if directory.exists():
+            print(f"cache {directory} is incomplete or corrupt: rebuilding", flush=True)
+        _build(prefix, ds, prep, views, directory, seed, rotation_deg, dtype, batch_size, describe or {})
+        meta = _valid(directory)
+        if meta is None:
+            raise OSError(f"cache {directory} failed its checksum right after writing (disk full?)")
+    return [np.load(directory / f["name"], mmap_mode="r") for f in meta["files"]]
+
+
+def _build(prefix: keras.Model, ds: Dataset, prep: Preprocessing, views: Views, directory: Path, seed: int,
+           rotation_deg: float, dtype: str, batch_size: int, describe: dict) -> None:
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
+    try:
+        outs = prefix.outputs
+        arrays = [np.lib.format.open_memmap(tmp / f"out{j}.npy", mode="w+", dtype=dtype,
+                                            shape=(len(views), *o.shape[1:])) for j, o in enumerate(outs)]
+        angles = views.angles(seed, rotation_deg)
+        for start in tqdm(range(0, len(views), batch_size), desc="feature pass", unit="batch", leave=False,
+                          disable=None):
+            sl = slice(start, start + batch_size)
+            x = np.stack([ds.make_input(r, prep, a) for r, a in zip(views.rows[sl], angles[sl])])
+            y = prefix.predict_on_batch(x)
+            for arr, part in zip(arrays, y if isinstance(y, (list, tuple)) else [y]):
+                arr[sl] = np.asarray(part)
+        for arr in arrays:
+            arr.flush()
+        del arrays
+        files = []
+        for j in range(len(outs)):
+            path = tmp / f"out{j}.npy"
+            files.append({"name": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)})
+        meta = {"files": files, "n_views": len(views), "dtype": dtype, **describe}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def bytes_per_view(prefix: keras.Model, dtype: str = "float16") -> int:
+    itemsize = np.dtype(dtype).itemsize
+    return int(sum(np.prod(o.shape[1:]) for o in prefix.outputs) * itemsize)

@@ -1,0 +1,180 @@
+"""Manifest -> labelled rows, patient-held-out test split, patient-grouped folds, and the training slots.
+
+Everything here is plain numpy/pandas/scikit-learn and seeded; no TensorFlow.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from data_prep.errors import DataPrepError
+from data_prep.manifest import dataset_classes, file_sha256, labelled, load_image, read_manifest, MANIFEST
+
+from .preprocess import Preprocessing, make_input
+
+
+class BenchmarkInputError(ValueError):
+    """Bad data or options for a benchmark run: the CLI prints the message and exits with code 2."""
+
+
+@dataclass
+class Dataset:
+    """The labelled rows of one dataset directory, with integer targets `y` in the dataset's class order."""
+
+    root: Path
+    rows: pd.DataFrame
+    classes: tuple[str, ...]
+    manifest_sha256: str
+
+    @classmethod
+    def load(cls, root: str | Path) -> "Dataset":
+        root = Path(root)
+        try:
+            df = read_manifest(root)
+            classes = dataset_classes(root)
+        except DataPrepError as exc:
+            raise BenchmarkInputError(str(exc)) from exc
+        rows = labelled(df).sort_values(["patient", "frame", "slice"], kind="stable").reset_index(drop=True)
+        if rows.empty:
+            raise BenchmarkInputError(f"{root}: no labelled slices (every label is empty)")
+        rows["y"] = rows["label"].map({c: i for i, c in enumerate(classes)}).astype(int)
+        return cls(root, rows, tuple(classes), file_sha256(root / MANIFEST))
+
+    @property
+    def has_stacks(self) -> bool:
+        """Ordered stacks (several slices per patient and frame) make soft accuracy and stack decoding meaningful."""
+        return bool((self.rows["n_slices"] > 1).any())
+
+    @cached_property
+    def _native(self) -> list[np.ndarray]:
+        return [load_image(self.root / p) for p in self.rows["image"]]
+
+    def native(self, i: int) -> np.ndarray:
+        return self._native[i]
+
+    @cached_property
+    def _neighbours(self) -> np.ndarray:
+        """Row index of the apex-side and base-side neighbour of each row (itself at a stack end or gap)."""
+        key = {(p, f, s): i for i, (p, f, s) in enumerate(zip(self.rows.patient, self.rows.frame, self.rows.slice))}
+        out = np.empty((len(self.rows), 2), dtype=np.int64)
+        for i, (p, f, s) in enumerate(zip(self.rows.patient, self.rows.frame, self.rows.slice)):
+            out[i] = key.get((p, f, s - 1), i), key.get((p, f, s + 1), i)
+        return out
+
+    def channels(self, i: int, input_kind: str) -> list[np.ndarray]:
+        """The native slices that make row i's input: itself (2D), or apex-side, itself, base-side (2.5D)."""
+        if input_kind == "2d":
+            return [self.native(i)]
+        apex, base = self._neighbours[i]
+        return [self.native(apex), self.native(i), self.native(base)]
+
+    def make_input(self, i: int, prep: Preprocessing, angle: float = 0.0) -> np.ndarray:
+        return make_input(self.channels(i, prep.input_kind), prep, angle)
+
+    def stacks(self, idx: np.ndarray) -> pd.DataFrame:
+        return self.rows.loc[idx, ["patient", "frame", "slice"]].reset_index(drop=True)
+
+
+def stratified_group_split(y: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Seeded patient-grouped folds, stratified by class as far as the groups allow."""
+    n_groups = len(np.unique(groups))
+    if n_groups < n_splits:
+        raise BenchmarkInputError(f"{n_groups} patients cannot make {n_splits} patient-grouped folds")
+    with warnings.catch_warnings():
+        # sklearn warns when a class has fewer groups than folds; we report empty classes per fold ourselves
+        warnings.simplefilter("ignore", UserWarning)
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        return [(tr, va) for tr, va in splitter.split(np.zeros(len(y)), y, groups)]
+
+
+def train_test_split(ds: Dataset, test_fraction: float | None, seed: int,
+                     test_ds: Dataset | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of the training pool and the test set, never sharing a patient.
+
+    Priority: a separate test dataset (all of ds is training); else the manifest's `split` column ("test" rows) when
+    no fraction is given; else a seeded patient-level split stratified by class holding out `test_fraction`.
+    """
+    rows = ds.rows
+    if test_ds is not None:
+        shared = sorted(set(rows.patient) & set(test_ds.rows.patient))
+        if shared:
+            raise BenchmarkInputError(f"--test-data shares {len(shared)} patient(s) with --data "
+                                      f"(e.g. {shared[0]}); test patients must be unseen")
+        return np.arange(len(rows)), np.array([], dtype=np.int64)
+    if test_fraction is None and "split" in rows and (rows["split"] == "test").any():
+        test = (rows["split"] == "test").to_numpy()
+        shared = sorted(set(rows.patient[test]) & set(rows.patient[~test]))
+        if shared:
+            raise BenchmarkInputError(f"{ds.root}: split column puts patient {shared[0]} in train and test")
+        return np.flatnonzero(~test), np.flatnonzero(test)
+    fraction = 0.2 if test_fraction is None else test_fraction
+    if not 0 < fraction < 1:
+        raise BenchmarkInputError(f"--test-fraction must be between 0 and 1, got {fraction}")
+    n_splits = max(2, round(1 / fraction))
+    pool, test = stratified_group_split(rows.y.to_numpy(), rows.patient.to_numpy(), n_splits, seed)[0]
+    return np.sort(pool), np.sort(test)
+
+
+def make_folds(ds: Dataset, pool: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Patient-grouped CV folds over the training pool, as row indices into ds.rows."""
+    y = ds.rows.y.to_numpy()[pool]
+    groups = ds.rows.patient.to_numpy()[pool]
+    folds = [(pool[tr], pool[va]) for tr, va in stratified_group_split(y, groups, n_folds, seed)]
+    for k, (tr, va) in enumerate(folds):
+        for c, name in enumerate(ds.classes):
+            if not (ds.rows.y.to_numpy()[tr] == c).any():
+                raise BenchmarkInputError(f"fold {k}: class {name} has no training slice "
+                                          f"(too few patients with {name}; use fewer folds or more data)")
+            if not (ds.rows.y.to_numpy()[va] == c).any():
+                warnings.warn(f"fold {k}: class {name} is absent from the validation part", stacklevel=2)
+    return folds
+
+
+def folds_frame(ds: Dataset, pool: np.ndarray, test: np.ndarray, folds) -> pd.DataFrame:
+    """One row per slice: its patient and its role (test, or the CV fold it validates)."""
+    role = pd.Series("", index=ds.rows.index, dtype=object)
+    role[test] = "test"
+    for k, (_, va) in enumerate(folds):
+        role[va] = f"fold{k}"
+    out = ds.rows[["image", "patient", "frame", "slice", "label"]].copy()
+    out["role"] = role
+    return out.loc[np.concatenate([pool, test])].sort_index()
+
+
+def oversample_factors(y: np.ndarray, n_classes: int, factor: int) -> np.ndarray:
+    """Copies per class: `factor` for every class but the most frequent one (OAP and OBS in slice data)."""
+    counts = np.bincount(y, minlength=n_classes)
+    out = np.full(n_classes, max(1, factor), dtype=np.int64)
+    out[int(np.argmax(counts))] = 1
+    return out
+
+
+@dataclass(frozen=True)
+class Slots:
+    """Training slots of one fit: each row repeated by its oversampling factor (copy index kept)."""
+
+    rows: np.ndarray     # row index per slot
+    copies: np.ndarray   # copy index 0..factor-1 per slot
+
+    @classmethod
+    def build(cls, ds: Dataset, train_rows: np.ndarray, factors: np.ndarray) -> "Slots":
+        reps = factors[ds.rows.y.to_numpy()[train_rows]]
+        rows = np.repeat(train_rows, reps)
+        copies = np.concatenate([np.arange(r) for r in reps]) if len(reps) else np.array([], np.int64)
+        return cls(rows, copies.astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def view_angle(seed: int, row: int, copy: int, draw: int, max_deg: float) -> float:
+    """The rotation of one view: a pure function of (seed, row, copy, draw), so any path can recreate it."""
+    if max_deg <= 0:
+        return 0.0
+    return float(np.random.default_rng([seed, row, copy, draw]).uniform(-max_deg, max_deg))

@@ -1,0 +1,81 @@
+"""Image preprocessing: native slice -> network input, identical for training, evaluation, caching and predict.
+
+    native slice --percentile window--> [0, 255] float --rotate (training only)--> centre crop (middle 60 % of
+    each axis) --resize--> input_size² --grey to 3 channels (or 2.5D neighbours)--> backbone preprocess_input
+
+Rotation is applied to the full windowed slice *before* the crop: the cropped square (60 % of the side) stays inside
+the rotated image for any angle up to 45°, so augmentation never brings in padded corners.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+CROP_FRACTION = 0.6
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Everything that turns a native slice into a network input; its JSON is part of every cache key."""
+
+    input_size: int
+    mode: str                     # keras preprocess_input mode of the backbone: tf | caffe | torch | unit
+    window: tuple[float, float] = (1.0, 99.0)   # intensity percentiles mapped to 0 and 255
+    crop_fraction: float = CROP_FRACTION
+    input_kind: str = "2d"        # "2d": grey copied to 3 channels; "2.5d": (apex-side, slice, base-side)
+
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def window(img: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+    """Map the given intensity percentiles of the slice to 0 and 255 (clipped), as float32."""
+    img = np.asarray(img, dtype=np.float32)
+    lo, hi = np.percentile(img, percentiles)
+    if hi <= lo:
+        return np.zeros_like(img)
+    return np.clip((img - lo) * (255.0 / (hi - lo)), 0.0, 255.0)
+
+
+def rotate(img: np.ndarray, angle_deg: float) -> np.ndarray:
+    if angle_deg == 0:
+        return img
+    h, w = img.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2.0 - 0.5, h / 2.0 - 0.5), angle_deg, 1.0)
+    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def crop_resize(img: np.ndarray, fraction: float, size: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    ch, cw = max(1, round(h * fraction)), max(1, round(w * fraction))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    crop = img[top:top + ch, left:left + cw]
+    interp = cv2.INTER_AREA if ch > size else cv2.INTER_LINEAR
+    return cv2.resize(crop, (size, size), interpolation=interp)
+
+
+def backbone_preprocess(x: np.ndarray, mode: str) -> np.ndarray:
+    """keras.applications preprocess_input for RGB input in [0, 255], in numpy (no graph, no copy of Keras state)."""
+    x = x.astype(np.float32, copy=False)
+    if mode == "tf":
+        return x / 127.5 - 1.0
+    if mode == "unit":
+        return x / 255.0
+    if mode == "caffe":  # RGB -> BGR, minus the ImageNet mean in BGR order
+        return x[..., ::-1] - np.array([103.939, 116.779, 123.68], dtype=np.float32)
+    if mode == "torch":
+        return (x / 255.0 - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225],
+                                                                                   np.float32)
+    raise ValueError(f"unknown preprocess mode {mode!r}")
+
+
+def make_input(channels: list[np.ndarray], prep: Preprocessing, angle_deg: float = 0.0) -> np.ndarray:
+    """One network input (size, size, 3) from 1 (2D) or 3 (2.5D: apex-side, slice, base-side) native slices."""
+    planes = [crop_resize(rotate(window(c, prep.window), angle_deg), prep.crop_fraction, prep.input_size)
+              for c in channels]
+    if len(planes) == 1:
+        planes = planes * 3
+    return backbone_preprocess(np.stack(planes, axis=-1), prep.mode)

@@ -1,0 +1,459 @@
+"""The paper's protocol for one model: CV over (learning rate, fold) -> selection -> final fit -> test.
+
+A model run is a small job graph; each job writes its output atomically into its own directory with a DONE marker,
+so an interrupted run resumes where it stopped and a finished one is skipped:
+
+    cv_lr<lr>_f<k>   depth 0 / CBR: the head (or whole CBR net) from its seeded initialisation
+                     depth 1: starts from the depth-0 model of the SAME fold (foldinit_f<k> of the depth-0 run,
+                     trained on that fold's training part only: no validation leak)
+    selection        the LR and epoch count with the best fold-averaged validation metric; diverged LRs excluded
+    foldinit_f<k>    (depth 0 only, on demand) the fold model at the selected LR and epochs, for depth 1
+    final            retrained on the whole training pool for the selected epochs (depth 1: from the depth-0 final)
+    test             predictions and metrics on the held-out patients
+
+Training reads either cached tensors of the frozen part (cache.py) or images through the whole network (the
+per-epoch path, `use_cache=False`); both run the same `train.fit`.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+
+from data_prep.provenance import code_version, package_versions
+
+from . import atomic
+from .cache import (ViewIndex, bank_views, bytes_per_view, cache_key, cached_outputs, depth0_start, plain_views,
+                    split_model, weights_fingerprint)
+from .data import BenchmarkInputError, Dataset, Slots, folds_frame, oversample_factors, view_angle
+from .decode import decode_stacks
+from .metrics import classification_metrics, range_metrics
+from .preprocess import Preprocessing
+from .profiles import Profile
+from .registry import HEAD_DENSE, HEAD_OUT, BackboneSpec, build_model, head, resolve_weights, set_depth
+from .train import FitSettings, fit
+
+RESULTS_FORMAT = 1
+DONE = "DONE"
+
+
+def job_seed(*parts: Any) -> int:
+    """A job's seed depends only on what the job is, never on the order jobs ran in."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little") % (2**31 - 1)
+
+
+def run_name(spec: BackboneSpec, depth: int) -> str:
+    return f"{spec.key}_d{depth}" if spec.pretrained else spec.key
+
+
+@dataclass
+class Experiment:
+    """What every model run of one invocation shares: data, split, folds, profile, output and cache places."""
+
+    ds: Dataset
+    pool: np.ndarray
+    test: np.ndarray
+    folds: list[tuple[np.ndarray, np.ndarray]]
+    profile: Profile
+    seed: int
+    out: Path
+    cache_dir: Path
+    weights: str                      # imagenet | none | auto | PATH
+    use_cache: bool = True
+    test_ds: Dataset | None = None
+    data_desc: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def augment(self) -> bool:
+        return self.profile.rotation_deg > 0
+
+    @property
+    def factors(self) -> np.ndarray:
+        y = self.ds.rows.y.to_numpy()[self.pool]
+        return oversample_factors(y, len(self.ds.classes), self.profile.oversample)
+
+    def write_folds(self) -> None:
+        atomic.write_csv(self.out / "folds.csv", folds_frame(self.ds, self.pool, self.test, self.folds))
+
+
+class ModelRun:
+    """One backbone at one depth (or one CBR baseline) under an Experiment; see the module docstring."""
+
+    def __init__(self, exp: Experiment, spec: BackboneSpec, depth: int):
+        if not spec.pretrained and depth != 0:
+            raise BenchmarkInputError(f"{spec.key} is trained from scratch: it has no depth {depth}")
+        self.exp, self.spec, self.depth = exp, spec, depth
+        self.name = run_name(spec, depth)
+        self.dir = exp.out / self.name
+        p = exp.profile
+        self.prep = Preprocessing(p.input_size(spec), spec.preprocess_mode)
+        self.weights_path = self._weights()
+        self.lrs = p.lrs(depth, spec.pretrained)
+        self.classes = exp.ds.classes
+        self.y_onehot = np.eye(len(self.classes), dtype=np.float32)[exp.ds.rows.y.to_numpy()]
+        self._model: keras.Model | None = None
+        self._fetch_state: dict[str, Any] | None = None
+        self.timing: dict[str, float] = {}
+
+    # ---- configuration and provenance -------------------------------------------------------------------------
+    def _weights(self) -> str | None:
+        choice = self.exp.weights
+        if choice == "auto":
+            from .registry import weights_available
+            choice = "imagenet" if weights_available(self.spec) else "none"
+        self.weights_choice = choice if self.spec.pretrained else "none (trained from scratch)"
+        return resolve_weights(self.spec, choice, self.prep.input_size)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "results_format": RESULTS_FORMAT,
+            "run": self.name,
+            "backbone": self.spec.key,
+            "backbone_name": self.spec.name,
+            "depth": self.depth if self.spec.pretrained else "scratch",
+            "weights": self.weights_choice,
+            "weights_file": weights_fingerprint(self.weights_path),
+            "preprocessing": self.prep.key(),
+            "profile": self.exp.profile.to_dict(),
+            "seed": self.exp.seed,
+            "data": self.exp.data_desc,
+            "classes": list(self.classes),
+            "learning_rates": list(self.lrs),
+            "cached_path": self.exp.use_cache,
+            "code_version": code_version(),
+            "versions": package_versions(),
+        }
+
+    def _identity(self) -> dict[str, Any]:
+        """The part of config.json that must match for results on disk to be reused."""
+        c = self.config()
+        return {k: c[k] for k in ("results_format", "run", "weights", "weights_file", "preprocessing", "profile",
+                                  "seed", "data", "classes", "cached_path")}
+
+    def check_dir(self, force: bool) -> bool:
+        """True if this run is already complete. Refuses a directory made with other settings unless forced."""
+        cfg_path = self.dir / "config.json"
+        if force and self.dir.exists():
+            shutil.rmtree(self.dir)
+        if cfg_path.is_file():
+            old = atomic.read_json(cfg_path)
+            if old.get("results_format") != RESULTS_FORMAT:
+                raise BenchmarkInputError(
+                    f"{self.dir} was written by results format {old.get('results_format')} (this code writes "
+                    f"{RESULTS_FORMAT}); use another --out or --force to redo it")
+            mine = self._identity()
+            diff = [k for k in mine if old.get(k) != mine[k]]
+            if diff:
+                raise BenchmarkInputError(f"{self.dir} holds a run made with other settings ({', '.join(diff)}); "
+                                          f"use another --out, or --force to redo it")
+        return (self.dir / DONE).is_file()
+
+    # ---- model and inputs ---------------------------------------------------------------------------------------
+    @property
+    def model(self) -> keras.Model:
+        if self._model is None:
+            keras.utils.set_random_seed(job_seed(self.exp.seed, self.name, "build"))
+            self._model = build_model(self.spec, self.prep.input_size, len(self.classes),
+                                      weights=self.weights_path, dropout=self.exp.profile.dropout,
+                                      seed=job_seed(self.exp.seed, self.name, "head"))
+            set_depth(self._model, self.spec, self.depth)
+            self.start = (depth0_start(self._model) if self.depth == 0 and self.spec.pretrained
+                          else self._first_trainable())
+            self._initial = {l.name: l.get_weights() for l in self._model.layers[self.start:]}
+        return self._model
+
+    def _first_trainable(self) -> int:
+        return next(i for i, l in enumerate(self._model.layers) if l.trainable and l.weights)
+
+    @property
+    def cacheable(self) -> bool:
+        return self.spec.pretrained and self.exp.use_cache
+
+    def _fetch_parts(self):
+        """(trainable model, fetch(rows, copies, draws), plain-view inputs(rows)) for this run's path."""
+        if self._fetch_state is not None:
+            return self._fetch_state
+        exp, model = self.exp, self.model
+        if self.cacheable:
+            prefix, suffix = split_model(model, self.start)
+            per_view = bytes_per_view(prefix, exp.profile.cache_dtype)
+            views = bank_views(exp.ds, exp.pool, exp.factors, exp.profile.bank_views, exp.augment)
+            views = _concat(views, plain_views(exp.test))
+            need = per_view * len(views)
+            if need > exp.profile.cache_budget_gb * 2**30:
+                print(f"{self.name}: cache would need {need / 2**30:.1f} GiB (> cache_budget_gb "
+                      f"{exp.profile.cache_budget_gb}); using the per-epoch path", flush=True)
+            else:
+                key = cache_key(backbone=self.spec.key, weights=weights_fingerprint(self.weights_path),
+                                prep=self.prep.key(), data=exp.ds.manifest_sha256, views=views.digest(),
+                                start=model.layers[self.start].name, seed=exp.seed,
+                                rotation=exp.profile.rotation_deg, dtype=exp.profile.cache_dtype,
+                                keras=keras.__version__)
+                t0 = time.perf_counter()
+                arrays = cached_outputs(prefix, exp.ds, self.prep, views, cache_dir=exp.cache_dir, key=key,
+                                        seed=exp.seed, rotation_deg=exp.profile.rotation_deg,
+                                        dtype=exp.profile.cache_dtype,
+                                        describe={"backbone": self.spec.key, "run": self.name,
+                                                  "bytes_per_view": per_view})
+                self.timing["feature_pass_s"] = self.timing.get("feature_pass_s", 0.0) + time.perf_counter() - t0
+                self.timing["cache_bytes_per_view"] = per_view
+                index = ViewIndex(views)
+                augment = exp.augment
+
+                def fetch(rows, copies, draws):
+                    if not augment:
+                        copies, draws = np.full(len(rows), -1), np.zeros(len(rows))
+                    pos = index(rows, copies, draws)
+                    xs = [np.asarray(a[np.sort(pos)], dtype=np.float32)[np.argsort(np.argsort(pos))]
+                          for a in arrays]
+                    return xs if len(xs) > 1 else xs[0]
+
+                def plain(rows):
+                    return fetch(rows, np.full(len(rows), -1), np.zeros(len(rows)))
+
+                self._fetch_state = (suffix, fetch, plain, exp.profile.bank_views if augment else 1)
+                return self._fetch_state
+        ds, prep, seed, rot = exp.ds, self.prep, exp.seed, exp.profile.rotation_deg
+
+        def fetch_images(rows, copies, draws):
+            return np.stack([ds.make_input(r, prep, view_angle(seed, r, c, d, rot)) for r, c, d in
+                             zip(rows, copies, draws)])
+
+        def plain_images(rows):
+            return np.stack([ds.make_input(r, prep) for r in rows])
+
+        self._fetch_state = (model, fetch_images, plain_images, None)
+        return self._fetch_state
+
+    # ---- jobs ----------------------------------------------------------------------------------------------------
+    def _job_dir(self, name: str) -> Path:
+        return self.dir / "jobs" / name
+
+    def _init_weights(self, job: str, fold: int | None) -> None:
+        """Reset the trainable part for a job: initial (ImageNet) block weights and the job's head start."""
+        model = self.model
+        if not self.spec.pretrained:
+            keras.utils.set_random_seed(job_seed(self.exp.seed, self.name, job))
+            fresh = build_model(self.spec, self.prep.input_size, len(self.classes), dropout=self.exp.profile.dropout,
+                                seed=job_seed(self.exp.seed, self.name, job, "head"))
+            model.set_weights(fresh.get_weights())
+            return
+        for layer in model.layers[self.start:]:
+            layer.set_weights(self._initial[layer.name])
+        if self.depth == 0:
+            self._set_head(_seeded_head(model, len(self.classes), self.exp.profile.dropout,
+                                        job_seed(self.exp.seed, self.name, job)))
+        else:
+            d0 = ModelRun(self.exp, self.spec, 0)
+            self._set_head(d0.fold_head(fold) if fold is not None else d0.final_head())
+
+    def _set_head(self, weights: dict[str, list[np.ndarray]]) -> None:
+        for name, w in weights.items():
+            self.model.get_layer(name).set_weights(w)
+
+    def _head_weights(self) -> dict[str, list[np.ndarray]]:
+        return {n: self.model.get_layer(n).get_weights() for n in (HEAD_DENSE, HEAD_OUT)}
+
+    def _settings(self, lr: float, epochs: int, job: str) -> FitSettings:
+        p = self.exp.profile
+        trainable, fetch, plain, draws = self._fetch_parts()
+        return FitSettings(lr=lr, epochs=epochs, batch_size=p.batch_size, momentum=p.momentum,
+                           decay_rate=p.decay_rate, seed=job_seed(self.exp.seed, self.name, job, "data"),
+                           draws=draws)
+
+    def _train(self, job: str, train_rows: np.ndarray, lr: float, epochs: int, fold: int | None,
+               val_rows: np.ndarray | None):
+        trainable, fetch, plain, _ = self._fetch_parts()
+        self._init_weights(job, fold)
+        slots = Slots.build(self.exp.ds, train_rows, self.exp.factors)
+        val_x = plain(val_rows) if val_rows is not None else None
+        val_y = self.exp.ds.rows.y.to_numpy()[val_rows] if val_rows is not None else None
+        # the seed of a fit depends on the fold's data, not the LR: every LR of a fold sees the same batches
+        s = self._settings(lr, epochs, job if fold is None else f"fold{fold}")
+        return fit(trainable, fetch, slots, self.y_onehot, s, val_x=val_x, val_y=val_y, classes=self.classes,
+                   desc=f"{self.name} {job}")
+
+    def cv_job(self, lr: float, fold: int) -> pd.DataFrame:
+        job = f"cv_lr{lr:g}_f{fold}"
+        d = self._job_dir(job)
+        if (d / DONE).is_file():
+            return pd.read_csv(d / "history.csv")
+        t0 = time.perf_counter()
+        tr, va = self.exp.folds[fold]
+        hist, diverged = self._train(job, tr, lr, self.exp.profile.epochs, fold, va)
+        hist.insert(0, "fold", fold)
+        hist.insert(0, "lr", lr)
+        hist["diverged"] = diverged
+        atomic.write_csv(d / "history.csv", hist)
+        atomic.write_json(d / "job.json", {"seconds": time.perf_counter() - t0, "diverged": diverged})
+        atomic.write_text(d / DONE, "")
+        return hist
+
+    def cv(self) -> pd.DataFrame:
+        parts = [self.cv_job(lr, k) for lr in self.lrs for k in range(len(self.exp.folds))]
+        hist = pd.concat(parts, ignore_index=True)
+        atomic.write_csv(self.dir / "cv_history.csv", hist)
+        return hist
+
+    def selection(self) -> dict[str, Any]:
+        path = self.dir / "selection.json"
+        if path.is_file():
+            return atomic.read_json(path)
+        sel = select(self.cv(), self.exp.profile.selection_metric, self.lrs, len(self.exp.folds))
+        atomic.write_json(path, sel)
+        return sel
+
+    def fold_head(self, fold: int) -> dict[str, list[np.ndarray]]:
+        """Depth-0 model of one fold at the selected LR and epochs (what a depth-1 fold starts from)."""
+        return self._saved_head(f"foldinit_f{fold}", lambda: self._train(
+            f"foldinit_f{fold}", self.exp.folds[fold][0], self.selection()["lr"], self.selection()["epochs"],
+            fold, None))
+
+    def final_head(self) -> dict[str, list[np.ndarray]]:
+        self.final()
+        return self._saved_head("final", None)
+
+    def _saved_head(self, job: str, train) -> dict[str, list[np.ndarray]]:
+        d = self._job_dir(job)
+        if not (d / DONE).is_file():
+            train()
+            self._save_head(d)
+        with np.load(d / "head.npz") as z:
+            return {n: [z[f"{n}/{i}"] for i in range(len([k for k in z.files if k.startswith(n + "/")]))]
+                    for n in (HEAD_DENSE, HEAD_OUT)}
+
+    def _save_head(self, d: Path) -> None:
+        arrays = {f"{n}/{i}": w for n, ws in self._head_weights().items() for i, w in enumerate(ws)}
+        atomic.atomic_write(d / "head.npz", lambda p: np.savez(open(p, "wb"), **arrays))
+        atomic.write_text(d / DONE, "")
+
+    def final(self) -> keras.Model:
+        d = self._job_dir("final")
+        model_path = self.dir / "model" / "model.keras"
+        if (d / DONE).is_file() and model_path.is_file():
+            return self.model
+        sel = self.selection()
+        t0 = time.perf_counter()
+        hist, diverged = self._train("final", self.exp.pool, sel["lr"], sel["epochs"], None, None)
+        if diverged:
+            raise RuntimeError(f"{self.name}: the final fit diverged at LR {sel['lr']}")
+        self.timing["final_s"] = time.perf_counter() - t0
+        atomic.write_csv(d / "history.csv", hist)
+        atomic.write_json(d / "job.json", {"seconds": self.timing["final_s"]})
+        self._export(model_path.parent)
+        if self.spec.pretrained:
+            self._save_head(d)
+        atomic.write_text(d / DONE, "")
+        return self.model
+
+    def _export(self, directory: Path) -> None:
+        """A self-contained model directory: the Keras model plus everything `predict` needs to use it."""
+        atomic.atomic_write(directory / "model.keras", lambda p: self.model.save(p.with_suffix(".keras")) or
+                            p.with_suffix(".keras").replace(p))
+        atomic.write_json(directory / "model.json", {
+            "results_format": RESULTS_FORMAT, "backbone": self.spec.key, "depth": self.depth,
+            "classes": list(self.classes), "preprocessing": self.prep.key(), "code_version": code_version(),
+            "keras": keras.__version__})
+
+    def test(self) -> dict[str, Any]:
+        self.final()
+        exp = self.exp
+        t0 = time.perf_counter()
+        ds, rows = (exp.test_ds, np.arange(len(exp.test_ds.rows))) if exp.test_ds is not None else (exp.ds, exp.test)
+        if len(rows) == 0:
+            raise BenchmarkInputError("no test rows: give --test-fraction, --test-data or a manifest split column")
+        if ds is exp.ds:
+            trainable, _, plain, _ = self._fetch_parts()
+            proba = trainable.predict(plain(rows), batch_size=256, verbose=0)
+            check = rows[:8]
+            direct = self.model.predict(np.stack([ds.make_input(r, self.prep) for r in check]), verbose=0)
+            if not np.allclose(direct, proba[:len(check)], atol=5e-2):
+                raise RuntimeError(f"{self.name}: the exported model disagrees with the cached path on test images "
+                                   f"(max diff {np.abs(direct - proba[:len(check)]).max():.3g})")
+        else:
+            proba = self.model.predict(np.stack([ds.make_input(r, self.prep) for r in rows]), batch_size=64,
+                                       verbose=0)
+        self.timing["test_s"] = time.perf_counter() - t0
+        return self._write_test(ds, rows, proba)
+
+    def _write_test(self, ds: Dataset, rows: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
+        y = ds.rows.y.to_numpy()[rows]
+        stacks = ds.stacks(rows) if ds.has_stacks else None
+        pred = proba.argmax(1)
+        out = ds.rows.loc[rows, ["patient", "frame", "slice", "label"]].reset_index(drop=True)
+        out["prediction"] = [self.classes[i] for i in pred]
+        for c, name in enumerate(self.classes):
+            out[f"p_{name}"] = proba[:, c]
+        metrics = classification_metrics(y, proba, self.classes, stacks=stacks)
+        if stacks is not None and self.classes == ("OAP", "IN", "OBS"):
+            mono = decode_stacks(proba, stacks)
+            out["monotone"] = [self.classes[i] for i in mono]
+            metrics.update(range_metrics(y, pred, stacks))
+            mono_m = classification_metrics(y, proba, self.classes, y_pred=mono, stacks=stacks)
+            mono_m.update(range_metrics(y, mono, stacks))
+            metrics["monotone"] = {k: v for k, v in mono_m.items() if k != "confusion"}
+        atomic.write_csv(self.dir / "test_predictions.csv", out)
+        atomic.write_json(self.dir / "test_metrics.json", metrics)
+        return metrics
+
+    # ---- the whole run ---------------------------------------------------------------------------------------------
+    def run(self, force: bool = False) -> dict[str, Any]:
+        if self.check_dir(force):
+            return atomic.read_json(self.dir / "test_metrics.json")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(self.dir / "config.json", self.config())
+        shutil.copyfile(self.exp.out / "folds.csv", self.dir / "folds.csv")
+        t0 = time.perf_counter()
+        if self.depth == 1:
+            ModelRun(self.exp, self.spec, 0).selection()  # depth-1 folds need the depth-0 selection
+        self.selection()
+        self.timing["cv_s"] = time.perf_counter() - t0
+        metrics = self.test()
+        atomic.write_json(self.dir / "timing.json", {**self.timing, **_job_seconds(self.dir)})
+        atomic.write_text(self.dir / DONE, "")
+        return metrics
+
+
+def _seeded_head(model: keras.Model, n_classes: int, dropout: float, seed: int) -> dict[str, list[np.ndarray]]:
+    """Initial head weights for a seed, built on a throwaway input of the pooled width."""
+    width = model.get_layer(HEAD_DENSE).input.shape[-1]
+    fresh = keras.Model(*(lambda i: (i, head(i, n_classes, dropout=dropout, seed=seed)))(keras.Input((width,))))
+    return {n: fresh.get_layer(n).get_weights() for n in (HEAD_DENSE, HEAD_OUT)}
+
+
+def _concat(a, b):
+    from .cache import Views
+    return Views(*(np.concatenate([x, y]) for x, y in zip((a.rows, a.copies, a.draws), (b.rows, b.copies, b.draws))))
+
+
+def _job_seconds(run_dir: Path) -> dict[str, float]:
+    total = {"cv_jobs_s": 0.0}
+    for p in (run_dir / "jobs").glob("cv_*/job.json"):
+        total["cv_jobs_s"] += atomic.read_json(p)["seconds"]
+    return total
+
+
+def select(hist: pd.DataFrame, metric: str, lrs, n_folds: int) -> dict[str, Any]:
+    """Best (LR, epoch count) by the fold-averaged validation metric; ties go to fewer epochs, then the grid order.
+
+    An LR with any diverged fold is excluded (its history stays on disk).
+    """
+    col = f"val_{metric}"
+    bad = sorted(set(hist.loc[hist["diverged"].astype(bool), "lr"]))
+    ok = hist[~hist["lr"].isin(bad)]
+    if ok.empty:
+        raise RuntimeError(f"every learning rate diverged ({', '.join(f'{lr:g}' for lr in lrs)})")
+    mean = ok.groupby(["lr", "epoch"])[col].agg(["mean", "std", "count"]).reset_index()
+    mean = mean[mean["count"] == n_folds]
+    order = {lr: i for i, lr in enumerate(lrs)}
+    mean["lr_order"] = mean["lr"].map(order)
+    best = mean.sort_values(["mean", "epoch", "lr_order"], ascending=[False, True, True]).iloc[0]
+    return {"metric": col, "lr": float(best["lr"]), "epochs": int(best["epoch"]),
+            "cv_mean": float(best["mean"]), "cv_sd": float(best["std"]), "diverged_lrs": [float(x) for x in bad]}

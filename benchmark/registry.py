@@ -1,0 +1,193 @@
+"""Backbone registry: one small spec per network, resolved once (the timm / keras.applications habit).
+
+Every model the benchmark trains is one flat functional graph
+    image -> backbone layers -> GlobalAveragePooling2D("pooled") -> Dense(256) -> Dropout -> Dense(C, softmax)
+so that Grad-CAM tools see every layer and the pooled features can be read by name.
+
+Depth 1 unfreezes the last convolutional block, named per spec either by its first layer (`unfreeze_from`) or by the
+last frozen layer before it (`unfreeze_after`, for networks whose first block layer has an automatic name such as
+`conv2d_89`). Everything from that point on in `model.layers` (topological order) trains; everything before it is
+frozen and, because Keras 3 runs frozen BatchNormalization layers in inference mode, keeps its ImageNet statistics.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import keras
+from keras import layers
+
+POOLED = "pooled"
+HEAD_DENSE = "head_dense"
+HEAD_DROPOUT = "head_dropout"
+HEAD_OUT = "head_out"
+HEAD_UNITS = 256
+
+
+class WeightsMissing(FileNotFoundError):
+    """ImageNet weights are not in the Keras cache and cannot be downloaded."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    key: str
+    name: str                      # as printed in the paper's tables
+    input_size: int                # the paper's input size (square)
+    min_size: int                  # the smallest input the architecture accepts
+    builder: Callable[..., keras.Model] | None  # keras.applications constructor; None for CBR baselines
+    builder_kwargs: tuple[tuple[str, object], ...] = ()
+    preprocess_mode: str = "tf"    # keras.applications preprocess_input mode: "tf", "caffe", "torch"; "unit" = x/255
+    unfreeze_from: str | None = None
+    unfreeze_after: str | None = None
+    cam_layer: str | None = None   # None: the backbone's last layer (its final feature map)
+    weights_file: str | None = None  # Keras cache name of the no-top ImageNet file at 224 px
+    cbr: tuple[int, tuple[int, ...]] | None = None  # (kernel size, filters) for the from-scratch baselines
+
+    def __post_init__(self) -> None:
+        if self.builder is not None and (self.unfreeze_from is None) == (self.unfreeze_after is None):
+            raise ValueError(f"{self.key}: name exactly one of unfreeze_from / unfreeze_after")
+
+    @property
+    def pretrained(self) -> bool:
+        return self.builder is not None
+
+
+A = keras.applications
+BACKBONES: dict[str, BackboneSpec] = {s.key: s for s in [
+    BackboneSpec("mobilenet", "MobileNet α0.25", 224, 32, A.MobileNet, (("alpha", 0.25),), "tf",
+                 unfreeze_from="conv_dw_13", weights_file="mobilenet_2_5_224_tf_no_top.h5"),
+    BackboneSpec("mobilenetv2", "MobileNetV2 α0.35", 224, 32, A.MobileNetV2, (("alpha", 0.35),), "tf",
+                 unfreeze_from="block_16_expand",
+                 weights_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"),
+    BackboneSpec("vgg16", "VGG16", 224, 32, A.VGG16, (), "caffe", unfreeze_from="block5_conv1",
+                 cam_layer="block5_conv3", weights_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    BackboneSpec("inceptionv3", "InceptionV3", 299, 75, A.InceptionV3, (), "tf", unfreeze_after="mixed9",
+                 weights_file="inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    BackboneSpec("resnet50v2", "ResNet50V2", 224, 32, A.ResNet50V2, (), "tf", unfreeze_from="conv5_block3_preact_bn",
+                 weights_file="resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    BackboneSpec("inceptionresnetv2", "InceptionResNetV2", 299, 75, A.InceptionResNetV2, (), "tf",
+                 unfreeze_after="block8_9_ac",
+                 weights_file="inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    BackboneSpec("densenet121", "DenseNet121", 224, 32, A.DenseNet121, (), "torch", unfreeze_from="conv5_block1_0_bn",
+                 weights_file="densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    BackboneSpec("nasnetmobile", "NASNetMobile", 224, 32, A.NASNetMobile, (), "tf", unfreeze_after="normal_concat_11",
+                 weights_file="nasnet_mobile_no_top.h5"),
+    BackboneSpec("xception", "Xception", 299, 71, A.Xception, (), "tf", unfreeze_from="block14_sepconv1",
+                 weights_file="xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    BackboneSpec("cbr_large_t", "CBR-LargeT", 224, 32, None, (), "unit", cbr=(7, (32, 64, 128, 256, 512))),
+    BackboneSpec("cbr_small", "CBR-Small", 224, 16, None, (), "unit", cbr=(7, (32, 64, 128, 256))),
+    BackboneSpec("cbr_tiny", "CBR-Tiny", 224, 16, None, (), "unit", cbr=(5, (64, 128, 256, 512))),
+]}
+PRETRAINED = tuple(k for k, s in BACKBONES.items() if s.pretrained)
+CBR = tuple(k for k, s in BACKBONES.items() if not s.pretrained)
+
+
+def get_spec(key: str) -> BackboneSpec:
+    try:
+        return BACKBONES[key]
+    except KeyError:
+        raise KeyError(f"unknown backbone {key!r}; valid: {', '.join(BACKBONES)}") from None
+
+
+def keras_cache_dir() -> Path:
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+
+
+def resolve_weights(spec: BackboneSpec, weights: str, input_size: int) -> str | None:
+    """Turn `--weights imagenet|none|PATH` into what the Keras constructor gets, or raise WeightsMissing.
+
+    "imagenet" reads the 224-px no-top file from the Keras cache ($KERAS_HOME/models). Passing the file's path
+    (rather than weights="imagenet") makes Keras load it at any input size; for MobileNet at 128/160/192 px Keras would
+    otherwise ask for a size-specific file that is not available offline. We never download at run time.
+    """
+    if not spec.pretrained or weights == "none":
+        return None
+    if weights == "imagenet":
+        path = keras_cache_dir() / spec.weights_file
+        if not path.is_file():
+            raise WeightsMissing(
+                f"ImageNet weights for {spec.key} not found: {path}. Put {spec.weights_file} in "
+                f"{keras_cache_dir()} (set KERAS_HOME, e.g. KERAS_HOME=../shared/weights/keras), pass "
+                f"--weights PATH, or --weights none to train from random initialisation.")
+        return str(path)
+    path = Path(weights)
+    if not path.is_file():
+        raise WeightsMissing(f"--weights {weights}: file not found")
+    return str(path)
+
+
+def weights_available(spec: BackboneSpec) -> bool:
+    return spec.pretrained and (keras_cache_dir() / spec.weights_file).is_file()
+
+
+def _cbr_backbone(spec: BackboneSpec, inputs: keras.KerasTensor) -> keras.KerasTensor:
+    kernel, filters = spec.cbr
+    x = inputs
+    for i, f in enumerate(filters, start=1):
+        x = layers.Conv2D(f, kernel, padding="same", use_bias=False, name=f"cbr{i}_conv")(x)
+        x = layers.BatchNormalization(name=f"cbr{i}_bn")(x)
+        x = layers.Activation("relu", name=f"cbr{i}_relu")(x)
+        x = layers.MaxPooling2D(2, name=f"cbr{i}_pool")(x)
+    return x
+
+
+def build_model(spec: BackboneSpec, input_size: int, n_classes: int, *, weights: str | None = None,
+                dropout: float = 0.5, seed: int = 0, n_outputs: int | None = None,
+                output_activation: str = "softmax") -> keras.Model:
+    """The flat classifier: image (input_size², 3 channels, already preprocessed) -> class probabilities.
+
+    `weights` is what `resolve_weights` returned (a file path or None). The head's initialisers and dropout are
+    seeded so that the same head can be rebuilt on cached features (see cache.py) with identical weights.
+    """
+    if input_size < spec.min_size:
+        raise ValueError(f"{spec.key} needs an input of at least {spec.min_size} px, got {input_size}")
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    if spec.pretrained:
+        backbone = spec.builder(include_top=False, weights=weights, input_tensor=inputs,
+                                **dict(spec.builder_kwargs))
+        fmap = backbone.output
+    else:
+        fmap = _cbr_backbone(spec, inputs)
+    pooled = layers.GlobalAveragePooling2D(name=POOLED)(fmap)
+    outputs = head(pooled, n_classes if n_outputs is None else n_outputs, dropout=dropout, seed=seed,
+                   activation=output_activation)
+    return keras.Model(inputs, outputs, name=f"{spec.key}_classifier")
+
+
+def head(x: keras.KerasTensor, n_out: int, *, dropout: float, seed: int, activation: str = "softmax"):
+    """Dense(256, relu) -> Dropout -> Dense(n_out): the paper's head, with seeded initialisers."""
+    x = layers.Dense(HEAD_UNITS, activation="relu", name=HEAD_DENSE,
+                     kernel_initializer=keras.initializers.GlorotUniform(seed=seed))(x)
+    x = layers.Dropout(dropout, seed=seed + 1, name=HEAD_DROPOUT)(x)
+    return layers.Dense(n_out, activation=activation, name=HEAD_OUT,
+                        kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 2))(x)
+
+
+def first_unfrozen_index(model: keras.Model, spec: BackboneSpec) -> int:
+    """Index in model.layers of the first layer trained at depth 1."""
+    names = [layer.name for layer in model.layers]
+    anchor = spec.unfreeze_from or spec.unfreeze_after
+    if anchor not in names:
+        raise ValueError(f"{spec.key}: layer {anchor!r} not found in the model")
+    return names.index(anchor) + (1 if spec.unfreeze_after else 0)
+
+
+def set_depth(model: keras.Model, spec: BackboneSpec, depth: int) -> None:
+    """Freeze for a depth: 0 = head only; 1 = last convolutional block + head. CBR baselines train everything."""
+    if not spec.pretrained:
+        for layer in model.layers:
+            layer.trainable = True
+        return
+    pooled = [layer.name for layer in model.layers].index(POOLED)
+    start = {0: pooled, 1: first_unfrozen_index(model, spec)}[depth]
+    for i, layer in enumerate(model.layers):
+        layer.trainable = i >= start
+
+
+def cam_layer_name(model: keras.Model, spec: BackboneSpec) -> str:
+    """The feature map Grad-CAM reads: the spec's layer, else the backbone's last layer (the one pooled)."""
+    if spec.cam_layer:
+        return spec.cam_layer
+    return model.layers[[layer.name for layer in model.layers].index(POOLED) - 1].name
