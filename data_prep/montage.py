@@ -140,7 +140,7 @@ def _draw(panels: list[_Panel], out_png: str | os.PathLike) -> Path:
     for p in panels:
         h, w = p.canvas.shape[:2]
         ax = fig.add_axes((x / width, 1 - h / height, w / width, h / height))
-        ax.imshow(p.canvas, interpolation="nearest", aspect="equal")
+        ax.imshow(np.clip(p.canvas, 0.0, 1.0), interpolation="nearest", aspect="equal")
         ax.set_axis_off()
         ax.text(8, HEADER_PX / 2, p.title, color="white", fontsize=11, weight="bold", va="center", ha="left")
         for yc, text in p.row_titles:
@@ -150,7 +150,7 @@ def _draw(panels: list[_Panel], out_png: str | os.PathLike) -> Path:
                     bbox=dict(facecolor=colour, edgecolor="none", pad=1.0, alpha=0.85))
         x += w + PANEL_GAP_PX
     for i, (name, colour) in enumerate(reversed(list(LABEL_COLOURS.items()))):
-        fig.text(1 - (8 + i * 48) / width, 1 - (HEADER_PX / 2) / height, name, color="white", fontsize=9,
+        fig.text(1 - (14 + i * 52) / width, 1 - (HEADER_PX / 2) / height, name, color="white", fontsize=9,
                  va="center", ha="right", bbox=dict(facecolor=colour, edgecolor="none", pad=2.0))
     return _save_atomically(fig, Path(out_png))
 
