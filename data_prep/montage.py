@@ -7,7 +7,6 @@ in a colour-blind-safe palette (Okabe-Ito), so a mislabelled or misoriented stac
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -118,8 +117,8 @@ def _panel(title: str, dataset_dir: str | os.PathLike, stacks: Sequence[tuple[st
 
 def _save_atomically(fig, out_png: Path) -> Path:
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_png.stem}.", suffix=".png", dir=out_png.parent)
-    os.close(fd)
+    # a plain new file (not mkstemp's owner-only one) so the figure gets the usual permissions
+    tmp = out_png.with_name(f".{out_png.stem}.{os.getpid()}.partial.png")
     try:
         fig.savefig(tmp, dpi=DPI, format="png", facecolor=BACKGROUND)
         os.replace(tmp, out_png)

@@ -125,7 +125,7 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
     """Draw one patient. The slice grid is placed so that ED has k_oap OAP and k_obs OBS slices and no slice centre
     is within MARGIN_MM of a cavity boundary in either frame."""
     spacing = float(rng.uniform(1.2, 1.9))
-    fov = rng.uniform(260, 370, size=2) * np.array([1.0, rng.uniform(0.85, 1.0)])
+    fov = rng.uniform(260, 370, size=2) * np.array([1.0, rng.uniform(0.75, 1.0)])
     height, width = (int(np.clip(round(f / spacing), 128, 192)) for f in fov)
 
     # ED: k_oap + n_in + k_obs slices, 8-16 in all, the n_in IN slices spanning a cavity of length `length`
