@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["predict"]:  # `python -m benchmark predict ...`: a trained model on a new study
+        from .predict import main as predict_main
+        return predict_main(argv[1:])
     args = build_parser().parse_args(argv)
     from data_prep.errors import DataPrepError
     from .data import BenchmarkInputError

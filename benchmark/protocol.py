@@ -17,6 +17,7 @@ per-epoch path, `use_cache=False`); both run the same `train.fit`.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -133,7 +134,7 @@ class ModelRun:
 
     def _identity(self) -> dict[str, Any]:
         """The part of config.json that must match for results on disk to be reused."""
-        c = self.config()
+        c = json.loads(json.dumps(self.config(), default=str))  # as it reads back from config.json
         return {k: c[k] for k in ("results_format", "run", "weights", "weights_file", "preprocessing", "profile",
                                   "seed", "data", "classes", "cached_path")}
 

@@ -7,6 +7,7 @@ depth-0 fold models that depth-1 folds start from, instead of storing every epoc
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -34,23 +35,71 @@ class FitSettings:
 
 
 class EpochBatches(keras.utils.PyDataset):
-    """The batches of one epoch, in a seeded order; x comes from `fetch` (cached tensors or fresh images)."""
+    """The batches of all epochs as one sequence: item i is batch i % n of epoch i // n.
 
-    def __init__(self, fetch: Fetch, slots: Slots, y: np.ndarray, settings: FitSettings, epoch: int):
+    One `model.fit` call runs every epoch (its set-up cost dominates when a head trains on cached features). The
+    slot order and view draws of epoch e come from (seed, e) alone, so nothing depends on when Keras calls its
+    epoch hooks or how far its input pipeline reads ahead.
+    """
+
+    def __init__(self, fetch: Fetch, slots: Slots, y: np.ndarray, settings: FitSettings):
         super().__init__()
-        rng = np.random.default_rng([settings.seed, epoch])
-        self.order = rng.permutation(len(slots))
-        draws = (rng.integers(0, settings.draws, len(slots)) if settings.draws
-                 else np.full(len(slots), epoch))
-        self.fetch, self.slots, self.y, self.draws, self.bs = fetch, slots, y, draws, settings.batch_size
+        self.fetch, self.slots, self.y, self.s = fetch, slots, y, settings
+        self.per_epoch = math.ceil(len(slots) / settings.batch_size)
+
+    @functools.lru_cache(maxsize=2)
+    def plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.s.seed, epoch])
+        order = rng.permutation(len(self.slots))
+        draws = rng.integers(0, self.s.draws, len(self.slots)) if self.s.draws else np.full(len(self.slots), epoch)
+        return order, draws
 
     def __len__(self) -> int:
-        return math.ceil(len(self.order) / self.bs)
+        return self.per_epoch * self.s.epochs
 
     def __getitem__(self, i: int):
-        ids = self.order[i * self.bs:(i + 1) * self.bs]
-        x = self.fetch(self.slots.rows[ids], self.slots.copies[ids], self.draws[ids])
+        epoch, b = divmod(i, self.per_epoch)
+        order, draws = self.plan(epoch)
+        ids = order[b * self.s.batch_size:(b + 1) * self.s.batch_size]
+        x = self.fetch(self.slots.rows[ids], self.slots.copies[ids], draws[ids])
         return (tuple(x) if isinstance(x, list) else x), self.y[self.slots.rows[ids]]
+
+
+class EpochEnd(keras.callbacks.Callback):
+    """Validation after every epoch, NaN detection, and the progress bar."""
+
+    def __init__(self, val_x, val_y, classes, bar):
+        super().__init__()
+        self.val_x, self.val_y, self.classes, self.bar = val_x, val_y, classes, bar
+        self.records: list[dict] = []
+        self.diverged = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = float(logs["loss"])
+        rec = {"epoch": epoch + 1, "loss": loss}
+        proba = None
+        if math.isfinite(loss) and self.val_x is not None:
+            proba = predict(self.model, self.val_x)
+        if not math.isfinite(loss) or (proba is not None and not np.all(np.isfinite(proba))):
+            self.diverged = True
+            self.model.stop_training = True
+            rec.update(val_loss=np.nan, val_accuracy=np.nan, val_macro_f1=np.nan)
+        elif proba is not None:
+            m = classification_metrics(self.val_y, proba, self.classes)
+            p = np.clip(proba[np.arange(len(self.val_y)), self.val_y], 1e-7, 1.0)
+            rec.update(val_loss=float(-np.mean(np.log(p))), val_accuracy=m["accuracy"], val_macro_f1=m["macro_f1"])
+            self.bar.set_postfix(loss=f"{loss:.3f}", val_f1=f"{m['macro_f1']:.3f}")
+        self.records.append(rec)
+        self.bar.update(1)
+
+
+def predict(model: keras.Model, x, batch_size: int = 64) -> np.ndarray:
+    """Direct calls in chunks: cheaper than model.predict for the small heads, bounded memory for big nets."""
+    xs = x if isinstance(x, (list, tuple)) else [x]
+    n = len(xs[0])
+    parts = [np.asarray(model([a[i:i + batch_size] for a in xs] if len(xs) > 1 else xs[0][i:i + batch_size],
+                              training=False)) for i in range(0, n, batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, model.output.shape[-1]), np.float32)
 
 
 def compile_for(model: keras.Model, s: FitSettings, loss: str = "categorical_crossentropy") -> None:
@@ -67,26 +116,9 @@ def fit(model: keras.Model, fetch: Fetch, slots: Slots, y_onehot: np.ndarray, s:
     infinite training loss stops the fit and marks it diverged (its history is kept, selection skips it).
     """
     compile_for(model, s)
-    records = []
-    diverged = False
-    bar = tqdm(range(s.epochs), desc=desc, unit="epoch", leave=False, disable=None)
-    for epoch in bar:
-        h = model.fit(EpochBatches(fetch, slots, y_onehot, s, epoch), epochs=1, verbose=0, shuffle=False)
-        loss = float(h.history["loss"][0])
-        rec = {"epoch": epoch + 1, "loss": loss}
-        if not math.isfinite(loss):
-            diverged = True
-            records.append({**rec, "val_loss": np.nan, "val_accuracy": np.nan, "val_macro_f1": np.nan})
-            break
-        if val_x is not None:
-            proba = model.predict(val_x, batch_size=256, verbose=0)
-            if not np.all(np.isfinite(proba)):
-                diverged = True
-                records.append({**rec, "val_loss": np.nan, "val_accuracy": np.nan, "val_macro_f1": np.nan})
-                break
-            m = classification_metrics(val_y, proba, classes)
-            p = np.clip(proba[np.arange(len(val_y)), val_y], 1e-7, 1.0)
-            rec.update(val_loss=float(-np.mean(np.log(p))), val_accuracy=m["accuracy"], val_macro_f1=m["macro_f1"])
-            bar.set_postfix(loss=f"{loss:.3f}", val_f1=f"{m['macro_f1']:.3f}")
-        records.append(rec)
-    return pd.DataFrame.from_records(records), diverged
+    with tqdm(total=s.epochs, desc=desc, unit="epoch", leave=False, disable=None) as bar:
+        end = EpochEnd(val_x, val_y, classes, bar)
+        batches = EpochBatches(fetch, slots, y_onehot, s)
+        model.fit(batches, epochs=s.epochs, steps_per_epoch=batches.per_epoch, verbose=0, shuffle=False,
+                  callbacks=[end])
+    return pd.DataFrame.from_records(end.records), end.diverged

@@ -1,0 +1,172 @@
+"""The benchmark engine end to end on a tiny phantom dataset: CLI, results layout, cached == per-epoch path,
+augmentation only in training, resume after kill -9, determinism, and every bad input of the CLI."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmark.__main__ import main
+from benchmark.data import Dataset
+from benchmark.grid import make_experiment
+from benchmark.profiles import get_profile
+from benchmark.protocol import ModelRun
+from benchmark.registry import get_spec
+from data_prep.manifest import Stack, write_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--profile", "quick", "--epochs", "2", "--folds", "2", "--weights", "none", "--test-fraction", "0.25"]
+RUN_FILES = ["config.json", "folds.csv", "cv_history.csv", "selection.json", "test_predictions.csv",
+             "test_metrics.json", "timing.json", "model/model.keras", "model/model.json", "DONE"]
+
+
+def tiny_profile(**kw):
+    base = dict(epochs=3, n_folds=2, input_sizes={"mobilenet": 32, "cbr_tiny": 16})
+    return get_profile("quick").with_overrides(**{**base, **kw})
+
+
+def cli(args, env_extra=None, **kw):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "benchmark", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_cli_end_to_end_and_resume_after_kill(tiny_synthetic, tmp_path):
+    """One uninterrupted run; one killed with SIGKILL after its first finished job and resumed. Same results."""
+    args = ["--backbone", "mobilenet,cbr_tiny", "--depth", "both", "--data", str(tiny_synthetic), *FAST]
+    a, b = tmp_path / "a", tmp_path / "b"
+    proc = cli([*args, "--out", str(a)])
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    for run in ("mobilenet_d0", "mobilenet_d1", "cbr_tiny"):
+        for f in RUN_FILES:
+            assert (a / run / f).is_file(), (run, f)
+    summary = pd.read_csv(a / "summary.csv")
+    assert list(summary.run) == ["mobilenet_d0", "mobilenet_d1", "cbr_tiny"]
+    assert (summary.status == "done").all()
+    metrics = json.loads((a / "mobilenet_d1" / "test_metrics.json").read_text())
+    for key in ("f1_oap", "f1_in", "f1_obs", "macro_f1", "accuracy", "soft_accuracy", "auc_micro", "auc_weighted",
+                "support_oap", "support_in", "support_obs"):
+        assert key in metrics
+    cfg = json.loads((a / "mobilenet_d1" / "config.json").read_text())
+    assert cfg["data"]["manifest_sha256"] and cfg["code_version"] and cfg["versions"]["keras"]
+    # depth-1 folds started from depth-0 fold models, rebuilt at the depth-0 selection
+    assert sorted(p.name for p in (a / "mobilenet_d0" / "jobs").glob("foldinit_f*")) == ["foldinit_f0",
+                                                                                          "foldinit_f1"]
+
+    proc = cli([*args, "--out", str(b)])
+    deadline = time.time() + 300
+    while not list(b.glob("*/jobs/*/DONE")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (b / "cbr_tiny" / "DONE").exists()
+    proc = cli([*args, "--out", str(b)])
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    for run in ("mobilenet_d0", "mobilenet_d1", "cbr_tiny"):
+        assert (a / run / "test_metrics.json").read_bytes() == (b / run / "test_metrics.json").read_bytes(), run
+        assert (a / run / "test_predictions.csv").read_bytes() == (b / run / "test_predictions.csv").read_bytes()
+    pd.testing.assert_frame_equal(pd.read_csv(a / "summary.csv").drop(columns=["cv_seconds", "total_seconds"]),
+                                  pd.read_csv(b / "summary.csv").drop(columns=["cv_seconds", "total_seconds"]))
+    # a finished run is skipped on re-run
+    proc = cli([*args, "--out", str(b), "--depth", "0", "--backbone", "mobilenet"])
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "macro-F1" in out and "feature pass" not in out
+
+
+@pytest.mark.parametrize("depth", [0, 1])
+def test_cached_equals_per_epoch_path_without_augmentation(tiny_synthetic, tmp_path, depth):
+    profile = tiny_profile(rotation_deg=0.0, cache_dtype="float32")
+    results = []
+    for use_cache in (True, False):
+        exp = make_experiment(tiny_synthetic, profile, 0, tmp_path / str(use_cache), "none", use_cache=use_cache,
+                              test_fraction=0.25)
+        run = ModelRun(exp, get_spec("mobilenet"), depth)
+        hist = run.cv_job(profile.lr_depth1[0] if depth else profile.lr_depth0[0], 0)
+        results.append((hist, run))
+    (h_cached, r_cached), (h_plain, r_plain) = results
+    np.testing.assert_allclose(h_cached.loss, h_plain.loss, rtol=1e-4)
+    np.testing.assert_allclose(h_cached.val_loss, h_plain.val_loss, rtol=1e-4)
+    x = np.stack([r_plain.exp.ds.make_input(r, r_plain.prep) for r in r_plain.exp.test])
+    np.testing.assert_allclose(r_cached.model.predict(x, verbose=0), r_plain.model.predict(x, verbose=0),
+                               atol=1e-4)
+
+
+def test_augmentation_never_touches_validation_or_test(tiny_synthetic, tmp_path, monkeypatch):
+    """Per-epoch path: training slots come from the fold's training rows only; validation inputs are unrotated."""
+    import benchmark.protocol as protocol
+    seen = []
+    real_fit = protocol.fit
+
+    def spy(model, fetch, slots, y, s, *, val_x=None, val_y=None, classes=(), desc=""):
+        seen.append((desc, slots.rows.copy(), val_x))
+        return real_fit(model, fetch, slots, y, s, val_x=val_x, val_y=val_y, classes=classes, desc=desc)
+
+    monkeypatch.setattr(protocol, "fit", spy)
+    exp = make_experiment(tiny_synthetic, tiny_profile(epochs=1), 0, tmp_path, "none", use_cache=False,
+                          test_fraction=0.25)
+    run = ModelRun(exp, get_spec("mobilenet"), 0)
+    run.cv_job(1e-3, 1)
+    run.test()
+    (_, rows, val_x), = [s for s in seen if "cv_" in s[0]]
+    tr, va = exp.folds[1]
+    assert set(rows) <= set(tr) and not set(rows) & (set(va) | set(exp.test))
+    np.testing.assert_array_equal(val_x, np.stack([exp.ds.make_input(r, run.prep, 0.0) for r in va]))
+    preds = pd.read_csv(run.dir / "test_predictions.csv")
+    assert len(preds) == len(exp.test) and set(preds.patient) == set(exp.ds.rows.patient[exp.test])
+
+
+def _dataset(path: Path, labels_per_patient: dict[str, list[str]]) -> Path:
+    rng = np.random.default_rng(0)
+    stacks = [Stack(p, "ED", [rng.integers(0, 999, (16, 16)).astype(np.uint16) for _ in labels], labels,
+                    [f"x{i}" for i in range(len(labels))]) for p, labels in labels_per_patient.items()]
+    return write_dataset(path, "test", stacks, source="test")
+
+
+@pytest.fixture()
+def no_obs_dataset(tmp_path):
+    return _dataset(tmp_path / "no_obs", {f"p{i}": ["OAP", "IN", "IN"] for i in range(8)})
+
+
+@pytest.fixture()
+def unlabelled_dataset(tmp_path):
+    return _dataset(tmp_path / "unlabelled", {f"p{i}": ["", "", ""] for i in range(3)})
+
+
+@pytest.mark.parametrize("case", ["backbone", "profile", "not_dataset", "no_labels", "class_missing",
+                                  "shared_patients", "weights_offline", "unwritable_out", "bad_fraction"])
+def test_bad_input_one_clear_message(case, tiny_synthetic, tmp_path, capsys, monkeypatch, no_obs_dataset,
+                                     unlabelled_dataset):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty_keras_home"))
+    base = ["--data", str(tiny_synthetic), "--out", str(tmp_path / "out"), "--epochs", "1", "--folds", "2"]
+    args, expected = {
+        "backbone": (["--backbone", "resnet18"], "unknown backbone 'resnet18'; valid: mobilenet, mobilenetv2"),
+        "profile": (["--profile", "huge"], "unknown profile 'huge'; valid: paper, quick"),
+        "not_dataset": (["--data", str(tmp_path)], "manifest.csv is missing"),
+        "no_labels": (["--data", str(unlabelled_dataset)], "no labelled slices"),
+        "class_missing": (["--data", str(no_obs_dataset)], "class OBS has no training slice"),
+        "shared_patients": (["--test-data", str(tiny_synthetic)], "shares 8 patient(s)"),
+        "weights_offline": (["--backbone", "vgg16", "--weights", "imagenet"],
+                            "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+        "unwritable_out": (["--out", str(blocker / "sub")], "is not writable"),
+        "bad_fraction": (["--test-fraction", "1.5"], "--test-fraction must be between 0 and 1"),
+    }[case]
+    code = main(base + args)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert expected in err
+    assert err.count("error:") == 1
+    if case != "unwritable_out":
+        assert not list((tmp_path / "out").glob("*/DONE"))
