@@ -194,3 +194,35 @@ def _build(prefix: keras.Model, ds: Dataset, prep: Preprocessing, views: Views, 
 def bytes_per_view(prefix: keras.Model, dtype: str = "float16") -> int:
     itemsize = np.dtype(dtype).itemsize
     return int(sum(np.prod(o.shape[1:]) for o in prefix.outputs) * itemsize)
+
+
+class CachedInputs:
+    """Training inputs gathered from cache arrays held in memory (as float32 tensors) for compiled epochs."""
+
+    in_memory = True
+
+    def __init__(self, arrays: list[np.ndarray], views: Views, augment: bool):
+        import tensorflow as tf
+        self.arrays = [np.asarray(a, dtype=np.float32) for a in arrays]
+        self.tensors = [tf.constant(a) for a in self.arrays]
+        self.index = ViewIndex(views)
+        self.augment = augment
+        self._y = None
+
+    def positions(self, rows, copies, draws) -> np.ndarray:
+        if not self.augment:  # every draw of every copy is the plain view
+            copies, draws = np.full(len(rows), -1), np.zeros(len(rows))
+        return self.index(rows, copies, draws)
+
+    def y_tensor(self, y_onehot: np.ndarray):
+        import tensorflow as tf
+        if self._y is None:
+            self._y = tf.constant(y_onehot)
+        return self._y
+
+    def batch(self, rows, copies, draws) -> list[np.ndarray]:
+        pos = self.positions(rows, copies, draws)
+        return [a[pos] for a in self.arrays]
+
+    def plain(self, rows) -> list[np.ndarray]:
+        return self.batch(rows, np.full(len(rows), -1), np.zeros(len(rows)))

@@ -178,3 +178,19 @@ def view_angle(seed: int, row: int, copy: int, draw: int, max_deg: float) -> flo
     if max_deg <= 0:
         return 0.0
     return float(np.random.default_rng([seed, row, copy, draw]).uniform(-max_deg, max_deg))
+
+
+class ImageInputs:
+    """Training inputs made image by image: a fresh rotation for every (row, copy, epoch) — the per-epoch path."""
+
+    in_memory = False
+
+    def __init__(self, ds: Dataset, prep: Preprocessing, seed: int, rotation_deg: float):
+        self.ds, self.prep, self.seed, self.rotation_deg = ds, prep, seed, rotation_deg
+
+    def batch(self, rows, copies, draws) -> list[np.ndarray]:
+        return [np.stack([self.ds.make_input(r, self.prep, view_angle(self.seed, r, c, d, self.rotation_deg))
+                          for r, c, d in zip(rows, copies, draws)])]
+
+    def plain(self, rows) -> list[np.ndarray]:
+        return [np.stack([self.ds.make_input(r, self.prep) for r in rows])]

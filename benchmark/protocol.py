@@ -31,15 +31,15 @@ import pandas as pd
 from data_prep.provenance import code_version, package_versions
 
 from . import atomic
-from .cache import (ViewIndex, bank_views, bytes_per_view, cache_key, cached_outputs, depth0_start, plain_views,
+from .cache import (CachedInputs, bank_views, bytes_per_view, cache_key, cached_outputs, depth0_start, plain_views,
                     split_model, weights_fingerprint)
-from .data import BenchmarkInputError, Dataset, Slots, folds_frame, oversample_factors, view_angle
+from .data import BenchmarkInputError, Dataset, ImageInputs, Slots, folds_frame, oversample_factors
 from .decode import decode_stacks
 from .metrics import classification_metrics, range_metrics
 from .preprocess import Preprocessing
 from .profiles import Profile
 from .registry import HEAD_DENSE, HEAD_OUT, BackboneSpec, build_model, head, resolve_weights, set_depth
-from .train import FitSettings, fit
+from .train import FitSettings, fit, predict
 
 RESULTS_FORMAT = 1
 DONE = "DONE"
@@ -100,7 +100,7 @@ class ModelRun:
         self.classes = exp.ds.classes
         self.y_onehot = np.eye(len(self.classes), dtype=np.float32)[exp.ds.rows.y.to_numpy()]
         self._model: keras.Model | None = None
-        self._fetch_state: dict[str, Any] | None = None
+        self._input_state: tuple | None = None
         self.timing: dict[str, float] = {}
 
     # ---- configuration and provenance -------------------------------------------------------------------------
@@ -177,61 +177,38 @@ class ModelRun:
     def cacheable(self) -> bool:
         return self.spec.pretrained and self.exp.use_cache
 
-    def _fetch_parts(self):
-        """(trainable model, fetch(rows, copies, draws), plain-view inputs(rows)) for this run's path."""
-        if self._fetch_state is not None:
-            return self._fetch_state
+    def _inputs(self) -> tuple[keras.Model, Any, int | None]:
+        """(trainable model, its Inputs, views per slot to draw from) for this run's path, built once."""
+        if self._input_state is None:
+            self._input_state = self._cached_inputs() if self.cacheable else None
+        if self._input_state is None:
+            exp = self.exp
+            self._input_state = (self.model, ImageInputs(exp.ds, self.prep, exp.seed, exp.profile.rotation_deg),
+                                 None)
+        return self._input_state
+
+    def _cached_inputs(self):
         exp, model = self.exp, self.model
-        if self.cacheable:
-            prefix, suffix = split_model(model, self.start)
-            per_view = bytes_per_view(prefix, exp.profile.cache_dtype)
-            views = bank_views(exp.ds, exp.pool, exp.factors, exp.profile.bank_views, exp.augment)
-            views = _concat(views, plain_views(exp.test))
-            need = per_view * len(views)
-            if need > exp.profile.cache_budget_gb * 2**30:
-                print(f"{self.name}: cache would need {need / 2**30:.1f} GiB (> cache_budget_gb "
-                      f"{exp.profile.cache_budget_gb}); using the per-epoch path", flush=True)
-            else:
-                key = cache_key(backbone=self.spec.key, weights=weights_fingerprint(self.weights_path),
-                                prep=self.prep.key(), data=exp.ds.manifest_sha256, views=views.digest(),
-                                start=model.layers[self.start].name, seed=exp.seed,
-                                rotation=exp.profile.rotation_deg, dtype=exp.profile.cache_dtype,
-                                keras=keras.__version__)
-                t0 = time.perf_counter()
-                arrays = cached_outputs(prefix, exp.ds, self.prep, views, cache_dir=exp.cache_dir, key=key,
-                                        seed=exp.seed, rotation_deg=exp.profile.rotation_deg,
-                                        dtype=exp.profile.cache_dtype,
-                                        describe={"backbone": self.spec.key, "run": self.name,
-                                                  "bytes_per_view": per_view})
-                self.timing["feature_pass_s"] = self.timing.get("feature_pass_s", 0.0) + time.perf_counter() - t0
-                self.timing["cache_bytes_per_view"] = per_view
-                index = ViewIndex(views)
-                augment = exp.augment
-
-                def fetch(rows, copies, draws):
-                    if not augment:
-                        copies, draws = np.full(len(rows), -1), np.zeros(len(rows))
-                    pos = index(rows, copies, draws)
-                    xs = [np.asarray(a[np.sort(pos)], dtype=np.float32)[np.argsort(np.argsort(pos))]
-                          for a in arrays]
-                    return xs if len(xs) > 1 else xs[0]
-
-                def plain(rows):
-                    return fetch(rows, np.full(len(rows), -1), np.zeros(len(rows)))
-
-                self._fetch_state = (suffix, fetch, plain, exp.profile.bank_views if augment else 1)
-                return self._fetch_state
-        ds, prep, seed, rot = exp.ds, self.prep, exp.seed, exp.profile.rotation_deg
-
-        def fetch_images(rows, copies, draws):
-            return np.stack([ds.make_input(r, prep, view_angle(seed, r, c, d, rot)) for r, c, d in
-                             zip(rows, copies, draws)])
-
-        def plain_images(rows):
-            return np.stack([ds.make_input(r, prep) for r in rows])
-
-        self._fetch_state = (model, fetch_images, plain_images, None)
-        return self._fetch_state
+        prefix, suffix = split_model(model, self.start)
+        per_view = bytes_per_view(prefix, exp.profile.cache_dtype)
+        views = bank_views(exp.ds, exp.pool, exp.factors, exp.profile.bank_views, exp.augment)
+        views = _concat(views, plain_views(exp.test))
+        need = per_view * len(views)
+        if need > exp.profile.cache_budget_gb * 2**30:
+            print(f"{self.name}: cache would need {need / 2**30:.1f} GiB (> cache_budget_gb "
+                  f"{exp.profile.cache_budget_gb}); using the per-epoch path", flush=True)
+            return None
+        key = cache_key(backbone=self.spec.key, weights=weights_fingerprint(self.weights_path),
+                        prep=self.prep.key(), data=exp.ds.manifest_sha256, views=views.digest(),
+                        start=model.layers[self.start].name, seed=exp.seed, rotation=exp.profile.rotation_deg,
+                        dtype=exp.profile.cache_dtype, keras=keras.__version__)
+        t0 = time.perf_counter()
+        arrays = cached_outputs(prefix, exp.ds, self.prep, views, cache_dir=exp.cache_dir, key=key, seed=exp.seed,
+                                rotation_deg=exp.profile.rotation_deg, dtype=exp.profile.cache_dtype,
+                                describe={"backbone": self.spec.key, "run": self.name, "bytes_per_view": per_view})
+        self.timing["feature_pass_s"] = self.timing.get("feature_pass_s", 0.0) + time.perf_counter() - t0
+        self.timing["cache_bytes_per_view"] = per_view
+        return suffix, CachedInputs(arrays, views, exp.augment), exp.profile.bank_views if exp.augment else 1
 
     # ---- jobs ----------------------------------------------------------------------------------------------------
     def _job_dir(self, name: str) -> Path:
@@ -264,21 +241,20 @@ class ModelRun:
 
     def _settings(self, lr: float, epochs: int, job: str) -> FitSettings:
         p = self.exp.profile
-        trainable, fetch, plain, draws = self._fetch_parts()
+        draws = self._inputs()[2]
         return FitSettings(lr=lr, epochs=epochs, batch_size=p.batch_size, momentum=p.momentum,
                            decay_rate=p.decay_rate, seed=job_seed(self.exp.seed, self.name, job, "data"),
                            draws=draws)
 
     def _train(self, job: str, train_rows: np.ndarray, lr: float, epochs: int, fold: int | None,
                val_rows: np.ndarray | None):
-        trainable, fetch, plain, _ = self._fetch_parts()
+        trainable, inputs, _ = self._inputs()
         self._init_weights(job, fold)
         slots = Slots.build(self.exp.ds, train_rows, self.exp.factors)
-        val_x = plain(val_rows) if val_rows is not None else None
         val_y = self.exp.ds.rows.y.to_numpy()[val_rows] if val_rows is not None else None
         # the seed of a fit depends on the fold's data, not the LR: every LR of a fold sees the same batches
         s = self._settings(lr, epochs, job if fold is None else f"fold{fold}")
-        return fit(trainable, fetch, slots, self.y_onehot, s, val_x=val_x, val_y=val_y, classes=self.classes,
+        return fit(trainable, inputs, slots, self.y_onehot, s, val_rows=val_rows, val_y=val_y, classes=self.classes,
                    desc=f"{self.name} {job}")
 
     def cv_job(self, lr: float, fold: int) -> pd.DataFrame:
@@ -371,8 +347,8 @@ class ModelRun:
         if len(rows) == 0:
             raise BenchmarkInputError("no test rows: give --test-fraction, --test-data or a manifest split column")
         if ds is exp.ds:
-            trainable, _, plain, _ = self._fetch_parts()
-            proba = trainable.predict(plain(rows), batch_size=256, verbose=0)
+            trainable, inputs, _ = self._inputs()
+            proba = predict(trainable, inputs.plain(rows))
             check = rows[:8]
             direct = self.model.predict(np.stack([ds.make_input(r, self.prep) for r in check]), verbose=0)
             if not np.allclose(direct, proba[:len(check)], atol=5e-2):

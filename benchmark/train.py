@@ -1,26 +1,25 @@
 """One fit: SGD-Nesterov over training slots for a number of epochs, validated after every epoch.
 
-The same loop trains a head on cached features, a last block on cached prefix tensors, or a whole network on images
-(the per-epoch path): only `fetch` differs. Each epoch's slot order and view draws come from (seed, epoch) alone, so a
+The same Trainer trains a head on cached features, a last block on cached prefix tensors, or a whole network on
+images (the per-epoch path): only the `Inputs` differ. Each epoch's slot order and view draws come from (seed, epoch) alone, so a
 fit of E epochs reproduces the first E epochs of a longer fit with the same seed exactly (used to rebuild the
 depth-0 fold models that depth-1 folds start from, instead of storing every epoch's weights).
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Protocol
 
 import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 from tqdm.auto import tqdm
 
 from .data import Slots
 from .metrics import classification_metrics
 
-Fetch = Callable[[np.ndarray, np.ndarray, np.ndarray], "np.ndarray | list[np.ndarray]"]
 
 
 @dataclass(frozen=True)
@@ -34,91 +33,105 @@ class FitSettings:
     draws: int | None  # views per slot to draw from (cached bank); None: a fresh draw per epoch
 
 
-class EpochBatches(keras.utils.PyDataset):
-    """The batches of all epochs as one sequence: item i is batch i % n of epoch i // n.
+class Inputs(Protocol):
+    """Where a fit's inputs come from: cached tensors held in memory, or images made batch by batch."""
 
-    One `model.fit` call runs every epoch (its set-up cost dominates when a head trains on cached features). The
-    slot order and view draws of epoch e come from (seed, e) alone, so nothing depends on when Keras calls its
-    epoch hooks or how far its input pipeline reads ahead.
+    in_memory: bool
+
+    def batch(self, rows: np.ndarray, copies: np.ndarray, draws: np.ndarray) -> list[np.ndarray]: ...
+
+    def plain(self, rows: np.ndarray) -> list[np.ndarray]: ...
+
+
+def epoch_plan(s: FitSettings, n_slots: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Slot order and view draws of one epoch: a function of (seed, epoch) only."""
+    rng = np.random.default_rng([s.seed, epoch])
+    order = rng.permutation(n_slots)
+    draws = rng.integers(0, s.draws, n_slots) if s.draws else np.full(n_slots, epoch)
+    return order, draws
+
+
+class Trainer:
+    """SGD-Nesterov with InverseTimeDecay on categorical cross-entropy, one compiled step shared by both paths.
+
+    The per-epoch path calls `step` once per batch from Python. The cached path runs a whole epoch in one compiled
+    call that gathers each batch from the in-memory cache and calls the same step, so both paths apply identical
+    updates (and draw identical dropout masks) for identical batches.
     """
 
-    def __init__(self, fetch: Fetch, slots: Slots, y: np.ndarray, settings: FitSettings):
-        super().__init__()
-        self.fetch, self.slots, self.y, self.s = fetch, slots, y, settings
-        self.per_epoch = math.ceil(len(slots) / settings.batch_size)
+    def __init__(self, model: keras.Model, s: FitSettings):
+        self.model, self.s = model, s
+        schedule = keras.optimizers.schedules.InverseTimeDecay(s.lr, decay_steps=1, decay_rate=s.decay_rate)
+        self.opt = keras.optimizers.SGD(schedule, momentum=s.momentum, nesterov=True)
+        self.opt.build(model.trainable_variables)
+        self.loss = keras.losses.CategoricalCrossentropy()
+        self.step = tf.function(self._step, reduce_retracing=True)
+        self._epoch = tf.function(self._epoch_fn, reduce_retracing=True)
 
-    @functools.lru_cache(maxsize=2)
-    def plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        rng = np.random.default_rng([self.s.seed, epoch])
-        order = rng.permutation(len(self.slots))
-        draws = rng.integers(0, self.s.draws, len(self.slots)) if self.s.draws else np.full(len(self.slots), epoch)
-        return order, draws
+    def _step(self, xs, y):
+        with tf.GradientTape() as tape:
+            out = self.model(xs if len(xs) > 1 else xs[0], training=True)
+            loss = self.loss(y, out) + sum(self.model.losses)
+        variables = self.model.trainable_variables
+        self.opt.apply(tape.gradient(loss, variables), variables)
+        return loss
 
-    def __len__(self) -> int:
-        return self.per_epoch * self.s.epochs
+    def _epoch_fn(self, arrays, y_all, positions, targets):
+        n = tf.shape(positions)[0]
+        bs = self.s.batch_size
+        total = tf.constant(0.0)
+        for b in tf.range((n + bs - 1) // bs):
+            pos = positions[b * bs:(b + 1) * bs]
+            loss = self.step([tf.gather(a, pos) for a in arrays], tf.gather(y_all, targets[b * bs:(b + 1) * bs]))
+            total += loss * tf.cast(tf.shape(pos)[0], tf.float32)
+        return total / tf.cast(n, tf.float32)
 
-    def __getitem__(self, i: int):
-        epoch, b = divmod(i, self.per_epoch)
-        order, draws = self.plan(epoch)
-        ids = order[b * self.s.batch_size:(b + 1) * self.s.batch_size]
-        x = self.fetch(self.slots.rows[ids], self.slots.copies[ids], draws[ids])
-        return (tuple(x) if isinstance(x, list) else x), self.y[self.slots.rows[ids]]
-
-
-class EpochEnd(keras.callbacks.Callback):
-    """Validation after every epoch, NaN detection, and the progress bar."""
-
-    def __init__(self, val_x, val_y, classes, bar):
-        super().__init__()
-        self.val_x, self.val_y, self.classes, self.bar = val_x, val_y, classes, bar
-        self.records: list[dict] = []
-        self.diverged = False
-
-    def on_epoch_end(self, epoch, logs=None):
-        loss = float(logs["loss"])
-        rec = {"epoch": epoch + 1, "loss": loss}
-        proba = None
-        if math.isfinite(loss) and self.val_x is not None:
-            proba = predict(self.model, self.val_x)
-        if not math.isfinite(loss) or (proba is not None and not np.all(np.isfinite(proba))):
-            self.diverged = True
-            self.model.stop_training = True
-            rec.update(val_loss=np.nan, val_accuracy=np.nan, val_macro_f1=np.nan)
-        elif proba is not None:
-            m = classification_metrics(self.val_y, proba, self.classes)
-            p = np.clip(proba[np.arange(len(self.val_y)), self.val_y], 1e-7, 1.0)
-            rec.update(val_loss=float(-np.mean(np.log(p))), val_accuracy=m["accuracy"], val_macro_f1=m["macro_f1"])
-            self.bar.set_postfix(loss=f"{loss:.3f}", val_f1=f"{m['macro_f1']:.3f}")
-        self.records.append(rec)
-        self.bar.update(1)
+    def run_epoch(self, inputs, slots: Slots, y_onehot: np.ndarray, epoch: int) -> float:
+        order, draws = epoch_plan(self.s, len(slots), epoch)
+        rows, copies, draws = slots.rows[order], slots.copies[order], draws[order]
+        if inputs.in_memory:
+            return float(self._epoch(inputs.tensors, inputs.y_tensor(y_onehot), inputs.positions(rows, copies, draws),
+                                     tf.constant(rows)))
+        total = 0.0
+        for i in range(0, len(rows), self.s.batch_size):
+            sl = slice(i, i + self.s.batch_size)
+            xs = inputs.batch(rows[sl], copies[sl], draws[sl])
+            total += float(self.step([tf.constant(x) for x in xs], tf.constant(y_onehot[rows[sl]]))) * len(rows[sl])
+        return total / len(rows)
 
 
-def predict(model: keras.Model, x, batch_size: int = 64) -> np.ndarray:
+def predict(model: keras.Model, xs: list[np.ndarray], batch_size: int = 64) -> np.ndarray:
     """Direct calls in chunks: cheaper than model.predict for the small heads, bounded memory for big nets."""
-    xs = x if isinstance(x, (list, tuple)) else [x]
     n = len(xs[0])
     parts = [np.asarray(model([a[i:i + batch_size] for a in xs] if len(xs) > 1 else xs[0][i:i + batch_size],
                               training=False)) for i in range(0, n, batch_size)]
     return np.concatenate(parts) if parts else np.zeros((0, model.output.shape[-1]), np.float32)
 
 
-def compile_for(model: keras.Model, s: FitSettings, loss: str = "categorical_crossentropy") -> None:
-    schedule = keras.optimizers.schedules.InverseTimeDecay(s.lr, decay_steps=1, decay_rate=s.decay_rate)
-    model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=s.momentum, nesterov=True), loss=loss)
-
-
-def fit(model: keras.Model, fetch: Fetch, slots: Slots, y_onehot: np.ndarray, s: FitSettings, *,
-        val_x=None, val_y: np.ndarray | None = None, classes: tuple[str, ...] = (),
+def fit(model: keras.Model, inputs: Inputs, slots: Slots, y_onehot: np.ndarray, s: FitSettings, *,
+        val_rows: np.ndarray | None = None, val_y: np.ndarray | None = None, classes: tuple[str, ...] = (),
         desc: str = "fit") -> tuple[pd.DataFrame, bool]:
     """Train `model` in place. Returns (history per epoch, diverged).
 
     y_onehot is indexed by row (the whole dataset); val_y holds class indices of the validation rows. A NaN or
-    infinite training loss stops the fit and marks it diverged (its history is kept, selection skips it).
+    infinite training loss or validation output stops the fit and marks it diverged (its history is kept, selection
+    skips it).
     """
-    compile_for(model, s)
-    with tqdm(total=s.epochs, desc=desc, unit="epoch", leave=False, disable=None) as bar:
-        end = EpochEnd(val_x, val_y, classes, bar)
-        batches = EpochBatches(fetch, slots, y_onehot, s)
-        model.fit(batches, epochs=s.epochs, steps_per_epoch=batches.per_epoch, verbose=0, shuffle=False,
-                  callbacks=[end])
-    return pd.DataFrame.from_records(end.records), end.diverged
+    trainer = Trainer(model, s)
+    val_x = inputs.plain(val_rows) if val_rows is not None else None
+    records: list[dict] = []
+    diverged = False
+    for epoch in tqdm(range(s.epochs), desc=desc, unit="epoch", leave=False, disable=None):
+        loss = trainer.run_epoch(inputs, slots, y_onehot, epoch)
+        rec = {"epoch": epoch + 1, "loss": loss}
+        proba = predict(model, val_x) if val_x is not None and math.isfinite(loss) else None
+        if not math.isfinite(loss) or (proba is not None and not np.all(np.isfinite(proba))):
+            diverged = True
+            records.append({**rec, "val_loss": np.nan, "val_accuracy": np.nan, "val_macro_f1": np.nan})
+            break
+        if proba is not None:
+            m = classification_metrics(val_y, proba, classes)
+            p = np.clip(proba[np.arange(len(val_y)), val_y], 1e-7, 1.0)
+            rec.update(val_loss=float(-np.mean(np.log(p))), val_accuracy=m["accuracy"], val_macro_f1=m["macro_f1"])
+        records.append(rec)
+    return pd.DataFrame.from_records(records), diverged

@@ -108,9 +108,9 @@ def test_augmentation_never_touches_validation_or_test(tiny_synthetic, tmp_path,
     seen = []
     real_fit = protocol.fit
 
-    def spy(model, fetch, slots, y, s, *, val_x=None, val_y=None, classes=(), desc=""):
-        seen.append((desc, slots.rows.copy(), val_x))
-        return real_fit(model, fetch, slots, y, s, val_x=val_x, val_y=val_y, classes=classes, desc=desc)
+    def spy(model, inputs, slots, y, s, *, val_rows=None, val_y=None, classes=(), desc=""):
+        seen.append((desc, slots.rows.copy(), None if val_rows is None else inputs.plain(val_rows)[0]))
+        return real_fit(model, inputs, slots, y, s, val_rows=val_rows, val_y=val_y, classes=classes, desc=desc)
 
     monkeypatch.setattr(protocol, "fit", spy)
     exp = make_experiment(tiny_synthetic, tiny_profile(epochs=1), 0, tmp_path, "none", use_cache=False,
@@ -118,7 +118,7 @@ def test_augmentation_never_touches_validation_or_test(tiny_synthetic, tmp_path,
     run = ModelRun(exp, get_spec("mobilenet"), 0)
     run.cv_job(1e-3, 1)
     run.test()
-    (_, rows, val_x), = [s for s in seen if "cv_" in s[0]]
+    (_, rows, val_x), = [s for s in seen if s[0].endswith("cv_lr0.001_f1")]
     tr, va = exp.folds[1]
     assert set(rows) <= set(tr) and not set(rows) & (set(va) | set(exp.test))
     np.testing.assert_array_equal(val_x, np.stack([exp.ds.make_input(r, run.prep, 0.0) for r in va]))
