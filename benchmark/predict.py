@@ -34,11 +34,10 @@ may be read-only shared data), each file atomically (temporary name, then os.rep
 A directory holding a previous predict output is updated (reports of stacks no longer present are removed); any
 other non-empty --out is refused.
 
-Grad-CAM (Selvaraju et al. 2017) is computed here, on the registry's CAM layer (registry.cam_layer_name), for the
-argmax class of each slice: the gradient of that class's logit (head_out's pre-softmax value, recomputed from
-head_dense's output with head_out's kernel and bias) with respect to the feature map, averaged over space, weights
-the map's channels; ReLU, then scaled to [0, 1] per slice by its maximum. Probabilities and maps come from one
-forward and one backward pass per batch.
+Grad-CAM (Selvaraju et al. 2017) is benchmark.gradcam.gradcam_tape on the registry's CAM layer
+(registry.cam_layer_name), for the argmax class of each slice: the gradient of that class's pre-softmax logit
+with respect to the feature map, averaged over space, weights the map's channels; ReLU, zoomed to the input size,
+scaled to [0, 1] per slice.
 
 --show opens the same reports in a window (PredictionViewer: left/right or p/n change stack, c toggles Grad-CAM,
 q closes).
@@ -53,27 +52,27 @@ import re
 import sys
 import tempfile
 import time
+import zipfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF C++ chatter would bury the IN ranges
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+from data_prep import dicom_io
+from data_prep.errors import DataPrepError
+from data_prep.label import label_colours
+from data_prep.manifest import (MANIFEST, Stack, file_sha256, read_dataset_json, read_manifest,
+                               write_dataset)
 
-from data_prep import dicom_io  # noqa: E402
-from data_prep.errors import DataPrepError  # noqa: E402
-from data_prep.label import label_colours  # noqa: E402
-from data_prep.manifest import MANIFEST, Stack, file_sha256, read_dataset_json, read_manifest, write_dataset  # noqa: E402
-
-from . import atomic  # noqa: E402
-from .data import BenchmarkInputError, Dataset  # noqa: E402
-from .decode import IN, decode_stacks, in_range  # noqa: E402
-from .preprocess import Preprocessing, crop_resize, window  # noqa: E402
+from . import atomic
+from .data import BenchmarkInputError, Dataset
+from .decode import IN, decode_stacks, in_range
+from .preprocess import Preprocessing, crop_resize, window
 
 SLICE_CLASSES = ("OAP", "IN", "OBS")
 MODEL_FILES = ("model.keras", "model.json")
@@ -165,6 +164,8 @@ def load_trained(directory: Path, meta: dict[str, Any], prep: Preprocessing) -> 
     import keras
     from .registry import cam_layer_name, get_spec
     file = directory / "model.keras"
+    if not zipfile.is_zipfile(file):
+        raise BenchmarkInputError(f"{file}: not a Keras zip archive (truncated or corrupt?)")
     try:
         model = keras.saving.load_model(file, compile=False)
     except Exception as exc:  # zip, HDF5 and deserialisation failures come as many exception types
@@ -178,27 +179,11 @@ def load_trained(directory: Path, meta: dict[str, Any], prep: Preprocessing) -> 
                         cam_layer_name(model, spec), meta)
 
 
-class _GradCam:
-    """Class probabilities and Grad-CAM maps (argmax class) of a batch; see the module docstring."""
-
-    def __init__(self, model, layer: str):
-        import keras
-        from .registry import HEAD_DENSE, HEAD_OUT
-        self.out = model.get_layer(HEAD_OUT)
-        self.net = keras.Model(model.input, [model.get_layer(layer).output, model.get_layer(HEAD_DENSE).output,
-                                             model.output])
-
-    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        import keras
-        import tensorflow as tf
-        with tf.GradientTape() as tape:
-            fmap, dense, proba = self.net(x, training=False)
-            logits = keras.ops.matmul(dense, self.out.kernel) + self.out.bias
-            score = tf.gather(logits, tf.argmax(proba, axis=1), batch_dims=1)
-        grads = tape.gradient(score, fmap)
-        cam = tf.nn.relu(tf.reduce_sum(tf.reduce_mean(grads, axis=(1, 2), keepdims=True) * fmap, axis=-1)).numpy()
-        peak = cam.max(axis=(1, 2), keepdims=True)
-        return proba.numpy(), np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
+def predict_batch(model, x: np.ndarray, cam_layer: str) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities and the Grad-CAM of each image's argmax class (input resolution, [0, 1])."""
+    from .gradcam import gradcam_tape
+    proba = np.asarray(model(x, training=False))
+    return proba, gradcam_tape(model, x, proba.argmax(axis=1), cam_layer)
 
 
 # ---- the study ----------------------------------------------------------------------------------------------
@@ -274,9 +259,9 @@ def nifti_stacks(path: Path, patient: str, override: str | None) -> tuple[list[S
     stacks = []
     for t, vol in enumerate(volumes):
         where = "" if data.ndim == 3 else f", time {t}"
-        stacks.append(Stack(patient=patient, frame=str(t), images=[np.ascontiguousarray(vol[:, :, k].T) for k in order],
-                            labels=[""] * n, sources=[f"{path.name}[slice {k}{where}]" for k in order],
-                            pixel_spacing_mm=zooms[0], orientation=evidence))
+        stacks.append(Stack(patient=patient, frame=str(t), labels=[""] * n, pixel_spacing_mm=zooms[0],
+                            images=[np.ascontiguousarray(vol[:, :, k].T) for k in order],
+                            sources=[f"{path.name}[slice {k}{where}]" for k in order], orientation=evidence))
     return stacks, notes, len(volumes)
 
 
@@ -314,7 +299,7 @@ class StackPrediction:
     proba: np.ndarray               # (n, classes)
     monotone: np.ndarray
     views: list[np.ndarray]         # the network's field of view, windowed to [0, 1], DISPLAY_PX square
-    cams: list[np.ndarray]          # Grad-CAM at feature-map resolution, [0, 1]
+    cams: list[np.ndarray]          # Grad-CAM at input resolution, [0, 1]
     reference: list[str] | None = None
     report: str = ""
 
@@ -361,7 +346,6 @@ def predict_study(trained: TrainedModel, ds: Dataset, kind: str, timing: dict[st
     proba = np.zeros((n, len(trained.classes)), dtype=np.float64)
     cams: list[np.ndarray] = [np.zeros(0)] * n
     views: list[np.ndarray] = [np.zeros(0)] * n
-    cam = _GradCam(trained.model, trained.cam_layer)
     timing["inputs_s"] = timing["predict_cam_s"] = 0.0
     for start in tqdm(range(0, n, BATCH), desc="predicting", unit="batch", disable=None, file=sys.stderr):
         idx = range(start, min(start + BATCH, n))
@@ -370,7 +354,7 @@ def predict_study(trained: TrainedModel, ds: Dataset, kind: str, timing: dict[st
         for i in idx:  # what the network sees: the windowed centre crop of the slice itself
             views[i] = crop_resize(window(ds.native(i), prep.window), prep.crop_fraction, DISPLAY_PX) / 255.0
         t1 = time.perf_counter()
-        p, c = cam(x)
+        p, c = predict_batch(trained.model, x, trained.cam_layer)
         timing["inputs_s"] += t1 - t0
         timing["predict_cam_s"] += time.perf_counter() - t1
         proba[start:start + len(idx)] = p
