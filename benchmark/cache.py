@@ -142,10 +142,11 @@ def _valid(directory: Path) -> dict | None:
     return meta
 
 
-def cached_outputs(prefix: keras.Model, ds: Dataset, prep: Preprocessing, views: Views, *, cache_dir: Path,
+def cached_outputs(prefix: keras.Model | None, ds: Dataset, prep: Preprocessing, views: Views, *, cache_dir: Path,
                    key: str, seed: int, rotation_deg: float, dtype: str = "float16",
                    batch_size: int = 64, describe: dict | None = None) -> list[np.ndarray]:
-    """The prefix outputs for every view, computed once and memory-mapped from disk afterwards."""
+    """The prefix outputs for every view (prefix None: the preprocessed views themselves), computed once and
+    memory-mapped from disk afterwards."""
     directory = Path(cache_dir) / key
     meta = _valid(directory)
     if meta is None:
@@ -158,27 +159,27 @@ def cached_outputs(prefix: keras.Model, ds: Dataset, prep: Preprocessing, views:
     return [np.load(directory / f["name"], mmap_mode="r") for f in meta["files"]]
 
 
-def _build(prefix: keras.Model, ds: Dataset, prep: Preprocessing, views: Views, directory: Path, seed: int,
+def _build(prefix: keras.Model | None, ds: Dataset, prep: Preprocessing, views: Views, directory: Path, seed: int,
            rotation_deg: float, dtype: str, batch_size: int, describe: dict) -> None:
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
     try:
-        outs = prefix.outputs
-        arrays = [np.lib.format.open_memmap(tmp / f"out{j}.npy", mode="w+", dtype=dtype,
-                                            shape=(len(views), *o.shape[1:])) for j, o in enumerate(outs)]
+        shapes = output_shapes(prefix, prep)
+        arrays = [np.lib.format.open_memmap(tmp / f"out{j}.npy", mode="w+", dtype=dtype, shape=(len(views), *shape))
+                  for j, shape in enumerate(shapes)]
         angles = views.angles(seed, rotation_deg)
         for start in tqdm(range(0, len(views), batch_size), desc="feature pass", unit="batch", leave=False,
                           disable=None):
             sl = slice(start, start + batch_size)
             x = np.stack([ds.make_input(r, prep, a) for r, a in zip(views.rows[sl], angles[sl])])
-            y = prefix.predict_on_batch(x)
+            y = x if prefix is None else prefix.predict_on_batch(x)
             for arr, part in zip(arrays, y if isinstance(y, (list, tuple)) else [y]):
                 arr[sl] = np.asarray(part)
         for arr in arrays:
             arr.flush()
         del arrays
         files = []
-        for j in range(len(outs)):
+        for j in range(len(shapes)):
             path = tmp / f"out{j}.npy"
             files.append({"name": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)})
         meta = {"files": files, "n_views": len(views), "dtype": dtype, **describe}
@@ -191,9 +192,14 @@ def _build(prefix: keras.Model, ds: Dataset, prep: Preprocessing, views: Views, 
         raise
 
 
-def bytes_per_view(prefix: keras.Model, dtype: str = "float16") -> int:
-    itemsize = np.dtype(dtype).itemsize
-    return int(sum(np.prod(o.shape[1:]) for o in prefix.outputs) * itemsize)
+def output_shapes(prefix: keras.Model | None, prep: Preprocessing) -> list[tuple[int, ...]]:
+    if prefix is None:
+        return [(prep.input_size, prep.input_size, 3)]
+    return [tuple(o.shape[1:]) for o in prefix.outputs]
+
+
+def bytes_per_view(prefix: keras.Model | None, dtype: str, prep: Preprocessing) -> int:
+    return int(sum(np.prod(s) for s in output_shapes(prefix, prep)) * np.dtype(dtype).itemsize)
 
 
 class CachedInputs:

@@ -93,7 +93,7 @@ class ModelRun:
         self.exp, self.spec, self.depth = exp, spec, depth
         self.name = run_name(spec, depth)
         self.dir = exp.out / self.name
-        p = exp.profile
+        p = self.profile = exp.profile.for_backbone(spec)
         self.prep = Preprocessing(p.input_size(spec), spec.preprocess_mode)
         self.weights_path = self._weights()
         self.lrs = p.lrs(depth, spec.pretrained)
@@ -122,7 +122,7 @@ class ModelRun:
             "weights": self.weights_choice,
             "weights_file": weights_fingerprint(self.weights_path),
             "preprocessing": self.prep.key(),
-            "profile": self.exp.profile.to_dict(),
+            "profile": self.profile.to_dict(),
             "seed": self.exp.seed,
             "data": self.exp.data_desc,
             "classes": list(self.classes),
@@ -162,7 +162,7 @@ class ModelRun:
         if self._model is None:
             keras.utils.set_random_seed(job_seed(self.exp.seed, self.name, "build"))
             self._model = build_model(self.spec, self.prep.input_size, len(self.classes),
-                                      weights=self.weights_path, dropout=self.exp.profile.dropout,
+                                      weights=self.weights_path, dropout=self.profile.dropout,
                                       seed=job_seed(self.exp.seed, self.name, "head"))
             set_depth(self._model, self.spec, self.depth)
             self.start = (depth0_start(self._model) if self.depth == 0 and self.spec.pretrained
@@ -175,7 +175,7 @@ class ModelRun:
 
     @property
     def cacheable(self) -> bool:
-        return self.spec.pretrained and self.exp.use_cache
+        return self.exp.use_cache
 
     def _inputs(self) -> tuple[keras.Model, Any, int | None]:
         """(trainable model, its Inputs, views per slot to draw from) for this run's path, built once."""
@@ -183,32 +183,37 @@ class ModelRun:
             self._input_state = self._cached_inputs() if self.cacheable else None
         if self._input_state is None:
             exp = self.exp
-            self._input_state = (self.model, ImageInputs(exp.ds, self.prep, exp.seed, exp.profile.rotation_deg),
+            self._input_state = (self.model, ImageInputs(exp.ds, self.prep, exp.seed, self.profile.rotation_deg),
                                  None)
         return self._input_state
 
     def _cached_inputs(self):
-        exp, model = self.exp, self.model
-        prefix, suffix = split_model(model, self.start)
-        per_view = bytes_per_view(prefix, exp.profile.cache_dtype)
-        views = bank_views(exp.ds, exp.pool, exp.factors, exp.profile.bank_views, exp.augment)
+        """Cache what does not train: the frozen prefix's outputs, or for CBR nets (all trainable) the preprocessed
+        input views themselves, which still saves the per-image preprocessing of every epoch."""
+        exp, model, p = self.exp, self.model, self.profile
+        if self.spec.pretrained:
+            prefix, trainable = split_model(model, self.start)
+        else:
+            prefix, trainable = None, model
+        per_view = bytes_per_view(prefix, p.cache_dtype, self.prep)
+        views = bank_views(exp.ds, exp.pool, exp.factors, p.bank_views, exp.augment)
         views = _concat(views, plain_views(exp.test))
-        need = per_view * len(views)
-        if need > exp.profile.cache_budget_gb * 2**30:
+        need = per_view * len(views) * 3  # on disk, plus the float32 copy training reads from memory
+        if need > p.cache_budget_gb * 2**30:
             print(f"{self.name}: cache would need {need / 2**30:.1f} GiB (> cache_budget_gb "
-                  f"{exp.profile.cache_budget_gb}); using the per-epoch path", flush=True)
+                  f"{p.cache_budget_gb}); using the per-epoch path", flush=True)
             return None
         key = cache_key(backbone=self.spec.key, weights=weights_fingerprint(self.weights_path),
                         prep=self.prep.key(), data=exp.ds.manifest_sha256, views=views.digest(),
-                        start=model.layers[self.start].name, seed=exp.seed, rotation=exp.profile.rotation_deg,
-                        dtype=exp.profile.cache_dtype, keras=keras.__version__)
+                        start=model.layers[self.start].name if prefix is not None else "input", seed=exp.seed,
+                        rotation=p.rotation_deg, dtype=p.cache_dtype, keras=keras.__version__)
         t0 = time.perf_counter()
         arrays = cached_outputs(prefix, exp.ds, self.prep, views, cache_dir=exp.cache_dir, key=key, seed=exp.seed,
-                                rotation_deg=exp.profile.rotation_deg, dtype=exp.profile.cache_dtype,
+                                rotation_deg=p.rotation_deg, dtype=p.cache_dtype,
                                 describe={"backbone": self.spec.key, "run": self.name, "bytes_per_view": per_view})
         self.timing["feature_pass_s"] = self.timing.get("feature_pass_s", 0.0) + time.perf_counter() - t0
         self.timing["cache_bytes_per_view"] = per_view
-        return suffix, CachedInputs(arrays, views, exp.augment), exp.profile.bank_views if exp.augment else 1
+        return trainable, CachedInputs(arrays, views, exp.augment), p.bank_views if exp.augment else 1
 
     # ---- jobs ----------------------------------------------------------------------------------------------------
     def _job_dir(self, name: str) -> Path:
@@ -219,14 +224,14 @@ class ModelRun:
         model = self.model
         if not self.spec.pretrained:
             keras.utils.set_random_seed(job_seed(self.exp.seed, self.name, job))
-            fresh = build_model(self.spec, self.prep.input_size, len(self.classes), dropout=self.exp.profile.dropout,
+            fresh = build_model(self.spec, self.prep.input_size, len(self.classes), dropout=self.profile.dropout,
                                 seed=job_seed(self.exp.seed, self.name, job, "head"))
             model.set_weights(fresh.get_weights())
             return
         for layer in model.layers[self.start:]:
             layer.set_weights(self._initial[layer.name])
         if self.depth == 0:
-            self._set_head(_seeded_head(model, len(self.classes), self.exp.profile.dropout,
+            self._set_head(_seeded_head(model, len(self.classes), self.profile.dropout,
                                         job_seed(self.exp.seed, self.name, job)))
         else:
             d0 = ModelRun(self.exp, self.spec, 0)
@@ -240,7 +245,7 @@ class ModelRun:
         return {n: self.model.get_layer(n).get_weights() for n in (HEAD_DENSE, HEAD_OUT)}
 
     def _settings(self, lr: float, epochs: int, job: str) -> FitSettings:
-        p = self.exp.profile
+        p = self.profile
         draws = self._inputs()[2]
         return FitSettings(lr=lr, epochs=epochs, batch_size=p.batch_size, momentum=p.momentum,
                            decay_rate=p.decay_rate, seed=job_seed(self.exp.seed, self.name, job, "data"),
@@ -264,7 +269,7 @@ class ModelRun:
             return pd.read_csv(d / "history.csv")
         t0 = time.perf_counter()
         tr, va = self.exp.folds[fold]
-        hist, diverged = self._train(job, tr, lr, self.exp.profile.epochs, fold, va)
+        hist, diverged = self._train(job, tr, lr, self.profile.epochs, fold, va)
         hist.insert(0, "fold", fold)
         hist.insert(0, "lr", lr)
         hist["diverged"] = diverged
@@ -283,7 +288,7 @@ class ModelRun:
         path = self.dir / "selection.json"
         if path.is_file():
             return atomic.read_json(path)
-        sel = select(self.cv(), self.exp.profile.selection_metric, self.lrs, len(self.exp.folds))
+        sel = select(self.cv(), self.profile.selection_metric, self.lrs, len(self.exp.folds))
         atomic.write_json(path, sel)
         return sel
 

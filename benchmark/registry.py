@@ -127,7 +127,9 @@ def _cbr_backbone(spec: BackboneSpec, inputs: keras.KerasTensor) -> keras.KerasT
     x = inputs
     for i, f in enumerate(filters, start=1):
         x = layers.Conv2D(f, kernel, padding="same", use_bias=False, name=f"cbr{i}_conv")(x)
-        x = layers.BatchNormalization(name=f"cbr{i}_bn")(x)
+        # momentum 0.9 (Keras default 0.99): a from-scratch net in the quick profile takes only ~100 steps, too few
+        # for 0.99 moving averages to forget their initial values, which then wrecks inference-mode predictions
+        x = layers.BatchNormalization(momentum=0.9, name=f"cbr{i}_bn")(x)
         x = layers.Activation("relu", name=f"cbr{i}_relu")(x)
         x = layers.MaxPooling2D(2, name=f"cbr{i}_pool")(x)
     return x
