@@ -1,0 +1,1011 @@
+"""Paper artifacts from a results directory, from its files alone (no retraining):
+
+    python -m benchmark.report RESULTS [--out DIR]
+
+    table1_time.csv/.md            per run: feature pass, cross-validation, final fit, test time
+    table2_test.csv/.md/.tex       test metrics per run in the paper's order, with patient-bootstrap 95 % CIs, the
+                                   fold mean ± SD of the selection metric, monotone decoding and IN-range columns
+    fig3_curves.png/.pdf           training loss, validation loss and validation accuracy per fold and fold mean
+    fig4_confusion.png/.pdf        confusion matrix of every run (counts and row fractions)
+    fig4_selection.png/.pdf        2x2: best and worst run by test macro-F1 at depth 0 and depth 1
+    fig5_tsne.png/.pdf             t-SNE of the pooled features of the test set          (model + dataset needed)
+    fig6_gradcam.png/.pdf          truth x prediction grid with Grad-CAM and SmoothGrad   (model + dataset needed)
+
+Tables, curves and confusion matrices need only the result files. The last two figures also need the run's
+model/model.keras (results copied without weights have none) and the dataset directory the run used
+(config.json data.path, or --data); when either is missing the figure is skipped with a message saying why.
+Every metric comes from benchmark.metrics and every network input from Dataset.make_input with the run's recorded
+Preprocessing, so the report computes what the engine computed.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow loads: its C++ chatter hides our lines
+
+import argparse
+import functools
+import hashlib
+import json
+import math
+import sys
+import warnings
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.cm import ScalarMappable
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from . import atomic
+from .data import BenchmarkInputError, Dataset
+from .grid import plan
+from .metrics import bootstrap_ci, classification_metrics, range_metrics, soft_correct
+from .preprocess import Preprocessing
+from .protocol import DONE, RESULTS_FORMAT, run_name
+from .registry import POOLED, get_spec
+
+# Okabe-Ito: distinguishable with every common colour-vision deficiency
+OKABE_ITO = {"orange": "#E69F00", "sky": "#56B4E9", "green": "#009E73", "yellow": "#F0E442", "blue": "#0072B2",
+             "vermillion": "#D55E00", "purple": "#CC79A7", "black": "#000000"}
+CLASS_STYLE = {"OAP": (OKABE_ITO["orange"], "o"), "IN": (OKABE_ITO["blue"], "s"), "OBS": (OKABE_ITO["green"], "^")}
+EXTRA_STYLES = [(OKABE_ITO[c], m) for c, m in (("vermillion", "D"), ("purple", "v"), ("sky", "P"), ("black", "X"))]
+CONFUSION_CMAP = "cividis"
+CAM_CMAP = "inferno"
+SALIENCY_CMAP = "viridis"
+DPI = 150
+TSNE_EXACT_MAX = 500
+
+# (key, heading); lower is better only for the boundary errors
+CLASS_METRICS = [("macro_f1", "macro F1"), ("auc_micro", "micro AUC"), ("auc_weighted", "weighted AUC"),
+                 ("accuracy", "accuracy"), ("soft_accuracy", "soft accuracy")]
+RANGE_METRICS = [("range_exact", "range exact"), ("range_within1", "range ±1"), ("boundary_mae", "boundary MAE")]
+LOWER_IS_BETTER = {"boundary_mae"}
+NO_AUC_PREFIX = "mono_"  # monotone decoding changes labels, not probabilities: its AUCs are the argmax ones
+
+
+class FigureUnavailable(Exception):
+    """A figure cannot be drawn from what is on disk (no model file, no dataset); the message says what is missing."""
+
+
+# ---- reading a results directory ------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """One model run directory OUT/<run>/ as the engine wrote it."""
+
+    dir: Path
+    config: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    @property
+    def done(self) -> bool:
+        return (self.dir / DONE).is_file()
+
+    @property
+    def status(self) -> str:
+        if self.done:
+            return "done"
+        return "failed" if (self.dir / "error.txt").is_file() else "incomplete"
+
+    @property
+    def depth(self):
+        return self.config["depth"]
+
+    @property
+    def network(self) -> str:
+        return self.config.get("backbone_name", self.config["backbone"])
+
+    @property
+    def label(self) -> str:
+        return self.network if self.depth == "scratch" else f"{self.network} d{self.depth}"
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.config["classes"])
+
+    @property
+    def input_px(self) -> int:
+        return int(json.loads(self.config["preprocessing"])["input_size"])
+
+    def _json(self, name: str) -> dict[str, Any]:
+        path = self.dir / name
+        try:
+            return atomic.read_json(path)
+        except FileNotFoundError:
+            raise BenchmarkInputError(f"{path} is missing although {self.dir / DONE} exists") from None
+        except json.JSONDecodeError as exc:
+            raise BenchmarkInputError(f"{path}: not valid JSON ({exc})") from None
+
+    def _csv(self, name: str, **kwargs) -> pd.DataFrame:
+        path = self.dir / name
+        try:
+            return pd.read_csv(path, **kwargs)
+        except FileNotFoundError:
+            raise BenchmarkInputError(f"{path} is missing although {self.dir / DONE} exists") from None
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            raise BenchmarkInputError(f"{path}: not a readable CSV ({exc})") from None
+
+    @cached_property
+    def metrics(self) -> dict[str, Any]:
+        return self._json("test_metrics.json")
+
+    @cached_property
+    def selection(self) -> dict[str, Any]:
+        return self._json("selection.json")
+
+    @cached_property
+    def timing(self) -> dict[str, Any]:
+        return self._json("timing.json")
+
+    @cached_property
+    def history(self) -> pd.DataFrame:
+        return self._csv("cv_history.csv")
+
+    @cached_property
+    def predictions(self) -> pd.DataFrame:
+        text = {c: str for c in ("patient", "frame", "label", "prediction", "monotone")}
+        df = self._csv("test_predictions.csv", dtype=text, keep_default_na=False)
+        unknown = sorted((set(df["label"]) | set(df["prediction"])) - set(self.classes))
+        if unknown:
+            raise BenchmarkInputError(f"{self.dir / 'test_predictions.csv'}: labels {unknown} are not among the "
+                                      f"run's classes {list(self.classes)}")
+        return df
+
+    def metric(self, key: str, monotone: bool = False) -> float:
+        """A test metric from test_metrics.json; NaN when absent. Older files prefix the range keys with range_."""
+        m = self.metrics.get("monotone", {}) if monotone else self.metrics
+        value = m.get(key, m.get(f"range_{key}"))
+        return float("nan") if value is None else float(value)
+
+
+@dataclass
+class Results:
+    root: Path
+    runs: list[Run]          # every run directory, in the paper's order
+
+    @property
+    def done(self) -> list[Run]:
+        return [r for r in self.runs if r.done]
+
+    def get(self, name: str) -> Run:
+        for r in self.runs:
+            if r.name == name:
+                return r
+        raise BenchmarkInputError(f"no run {name!r} in {self.root}; runs: {', '.join(r.name for r in self.runs)}")
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        found = {r.classes for r in self.done}
+        if len(found) > 1:
+            raise BenchmarkInputError(f"{self.root}: runs use different classes ({sorted(found)}); one report "
+                                      f"covers one class set")
+        return found.pop()
+
+    def best(self, runs: Sequence[Run] | None = None) -> Run:
+        """Highest test macro-F1 (NaN last; ties: the paper's order)."""
+        pool = list(self.done if runs is None else runs)
+        if not pool:
+            raise BenchmarkInputError(f"{self.root}: no finished run")
+        return min(pool, key=lambda r: _rank_key(r.metric("macro_f1")))
+
+
+def _rank_key(value: float) -> float:
+    return math.inf if math.isnan(value) else -value
+
+
+def paper_order() -> dict[str, int]:
+    return {run_name(get_spec(k), d): i for i, (k, d) in enumerate(plan(["all"], "both"))}
+
+
+def load_results(path: str | Path) -> Results:
+    """Read a results directory written by `python -m benchmark`; BenchmarkInputError with one message if it is not."""
+    root = Path(path)
+    if not root.is_dir():
+        raise BenchmarkInputError(f"{root} is not a directory (give a results directory written by "
+                                  f"`python -m benchmark --out DIR`)")
+    runs = []
+    for d in sorted(p for p in root.iterdir() if (p / "config.json").is_file()):
+        try:
+            config = atomic.read_json(d / "config.json")
+        except json.JSONDecodeError as exc:
+            raise BenchmarkInputError(f"{d / 'config.json'}: not valid JSON ({exc})") from None
+        fmt = config.get("results_format") if isinstance(config, dict) else None
+        if fmt != RESULTS_FORMAT:
+            raise BenchmarkInputError(
+                f"{d / 'config.json'}: results_format {fmt!r} is not one this report reads (it reads format "
+                f"{RESULTS_FORMAT}); report it with the code version that wrote it")
+        runs.append(Run(d, config))
+    if not runs:
+        raise BenchmarkInputError(f"{root} is not a results directory: no <run>/config.json in it (expected "
+                                  f"OUT/<backbone>_d<depth>/ folders written by `python -m benchmark --out OUT`)")
+    order = paper_order()
+    runs.sort(key=lambda r: (order.get(r.name, len(order)), r.name))
+    return Results(root, runs)
+
+
+def _done_runs(results: Results) -> list[Run]:
+    runs = results.done
+    if not runs:
+        raise BenchmarkInputError(f"{results.root}: no finished run (a run is finished when <run>/{DONE} exists; "
+                                  f"{len(results.runs)} run folder(s) are {', '.join(sorted({r.status for r in results.runs}))})")
+    return runs
+
+
+# ---- table 1: time --------------------------------------------------------------------------------------------------
+def table1_time(results: Results) -> pd.DataFrame:
+    """Seconds per phase of each finished run (timing.json). cv_s includes the feature pass, which runs first."""
+    rows = []
+    for r in _done_runs(results):
+        t = r.timing
+        row = {"run": r.name, "network": r.network, "depth": r.depth, "input_px": r.input_px,
+               "weights": r.config.get("weights")}
+        for key in ("feature_pass_s", "cv_s", "cv_jobs_s", "final_s", "test_s"):
+            row[key] = float(t[key]) if key in t else float("nan")
+        phases = [row[k] for k in ("cv_s", "final_s", "test_s")]
+        row["total_s"] = float(np.nansum(phases)) if not all(math.isnan(v) for v in phases) else float("nan")
+        row["total_min"] = row["total_s"] / 60
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def table1_markdown(df: pd.DataFrame) -> str:
+    head = ["network", "depth", "input (px)", "feature pass (s)", "CV (s)", "final fit (s)", "test (s)",
+            "total (min)"]
+    lines = _md_header(head)
+    for _, r in df.iterrows():
+        lines.append(_md_row([r.network, str(r.depth), str(r.input_px), _num(r.feature_pass_s, 1), _num(r.cv_s, 1),
+                              _num(r.final_s, 1), _num(r.test_s, 1), _num(r.total_min, 2)]))
+    total = df["total_s"].sum() / 60
+    return ("\n".join(lines) + f"\n\nCV includes the feature pass (the frozen part run once over the images on the "
+            f"cached path). Total = CV + final fit + test = {total:.1f} min over {len(df)} runs. A phase that was "
+            f"already on disk when the run resumed is not timed (—).\n")
+
+
+# ---- table 2: test metrics with confidence intervals ----------------------------------------------------------------
+def _class_arrays(run: Run) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], pd.DataFrame]:
+    """Truth, probabilities, predictions per decoding ("" argmax, "mono_" monotone) and stacks of the test rows."""
+    df = run.predictions
+    index = {c: i for i, c in enumerate(run.classes)}
+    y = df["label"].map(index).to_numpy(dtype=np.int64)
+    proba = df[[f"p_{c}" for c in run.classes]].to_numpy(dtype=np.float64)
+    decodings = {"": df["prediction"].map(index).to_numpy(dtype=np.int64)}
+    if "monotone" in df and "monotone" in run.metrics:
+        decodings["mono_"] = df["monotone"].map(index).to_numpy(dtype=np.int64)
+    stacks = df[["patient", "frame", "slice"]].astype({"slice": np.int64})
+    return y, proba, decodings, stacks
+
+
+def per_stack_range(y: np.ndarray, pred: np.ndarray, stacks: pd.DataFrame) -> pd.DataFrame:
+    """range_metrics of each (patient, frame) stack alone: their NaN-mean over stacks is range_metrics of all.
+
+    (A stack without a true IN slice gives NaN everywhere and drops out, as range_metrics leaves it out; a stack
+    scored but without predicted IN has NaN boundary errors, which range_metrics also leaves out, and each scored
+    stack weighs its two boundaries equally in both.)
+    """
+    records = []
+    for (patient, frame), rows in stacks.groupby(["patient", "frame"], sort=True).indices.items():
+        m = range_metrics(y[rows], pred[rows], stacks.iloc[rows])
+        records.append({"patient": patient, "frame": frame, **{k: m[k] for k, _ in RANGE_METRICS}})
+    return pd.DataFrame(records)
+
+
+def _nanmean(values: np.ndarray) -> float:
+    finite = values[~np.isnan(values)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+def test_intervals(run: Run, n_boot: int = 1000, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Patient-bootstrap 95 % CI (metrics.bootstrap_ci, seeded) of every test metric in table 2, from the predictions.
+
+    Every metric is resampled with the same seed, hence the same patients in replicate b for all metrics;
+    classification_metrics runs once per replicate and decoding (memoised on the drawn rows). Soft accuracy and
+    the range metrics look at neighbouring slices, so their per-row / per-stack values are computed once on the
+    whole test set and averaged over the drawn rows / stacks, as bootstrap_ci's docstring prescribes.
+    """
+    y, proba, decodings, stacks = _class_arrays(run)
+    groups = stacks["patient"].to_numpy()
+    out: dict[str, tuple[float, float]] = {}
+    for prefix, pred in decodings.items():
+        memo: dict[bytes, dict[str, Any]] = {}
+
+        def scores(idx: np.ndarray, pred=pred, memo=memo) -> dict[str, Any]:
+            key = hashlib.blake2b(idx.tobytes(), digest_size=16).digest()
+            if key not in memo:
+                memo[key] = classification_metrics(y[idx], proba[idx], run.classes, y_pred=pred[idx])
+            return memo[key]
+
+        keys = [f"f1_{c.lower()}" for c in run.classes] + ["macro_f1", "accuracy"]
+        if prefix != NO_AUC_PREFIX:
+            keys += ["auc_micro", "auc_weighted"]
+        for key in keys:
+            out[prefix + key] = bootstrap_ci(lambda idx, key=key: scores(idx)[key], groups, n_boot, seed)
+        if "soft_accuracy" in run.metrics:
+            correct = soft_correct(y, pred, stacks).astype(np.float64)
+            out[prefix + "soft_accuracy"] = bootstrap_ci(lambda idx: float(correct[idx].mean()), groups, n_boot,
+                                                         seed)
+        if not math.isnan(run.metric("range_exact")):
+            per_stack = per_stack_range(y, pred, stacks)
+            stack_groups = per_stack["patient"].to_numpy()
+            for key, _ in RANGE_METRICS:
+                values = per_stack[key].to_numpy(dtype=np.float64)
+                out[prefix + key] = bootstrap_ci(lambda idx, v=values: _nanmean(v[idx]), stack_groups, n_boot, seed)
+    return out
+
+
+def check_predictions(run: Run) -> list[str]:
+    """Differences between test_metrics.json and the metrics recomputed from test_predictions.csv (none expected)."""
+    y, proba, decodings, _ = _class_arrays(run)
+    problems = []
+    for prefix, pred in decodings.items():
+        m = classification_metrics(y, proba, run.classes, y_pred=pred)
+        for key in [f"f1_{c.lower()}" for c in run.classes] + ["macro_f1", "accuracy"]:
+            recorded = run.metric(key, monotone=bool(prefix))
+            if not (math.isnan(recorded) and math.isnan(m[key])) and not abs(recorded - m[key]) <= 1e-6:
+                problems.append(f"{prefix}{key} {recorded:.6g} in test_metrics.json vs {m[key]:.6g} recomputed")
+    if confusion(run).tolist() != run.metrics.get("confusion"):
+        problems.append("the confusion matrix of test_predictions.csv differs from test_metrics.json")
+    return problems
+
+
+def cv_summary(run: Run) -> dict[str, Any]:
+    """Fold mean and SD (n-1) of the selection metric and of validation accuracy at the selected LR and epoch."""
+    sel, h = run.selection, run.history
+    at = h[np.isclose(h["lr"], sel["lr"], rtol=1e-9, atol=0) & (h["epoch"] == sel["epochs"])]
+    out = {"cv_metric": sel["metric"], "cv_folds": int(at["fold"].nunique())}
+    for name, col in (("cv", sel["metric"]), ("cv_accuracy", "val_accuracy")):
+        values = at[col].astype(float)
+        out[f"{name}_mean"] = float(values.mean()) if len(values) else float("nan")
+        out[f"{name}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+    return out
+
+
+def metric_keys(classes: Sequence[str]) -> list[str]:
+    """Table-2 metric columns: per-class F1, the class metrics, range metrics, then the same under monotone decoding."""
+    base = [f"f1_{c.lower()}" for c in classes] + [k for k, _ in CLASS_METRICS] + [k for k, _ in RANGE_METRICS]
+    mono = [NO_AUC_PREFIX + k for k in base if not k.startswith("auc_")]
+    return base + mono
+
+
+def _intervals_job(run_dir: str, config: dict[str, Any], n_boot: int, seed: int):
+    return test_intervals(Run(Path(run_dir), config), n_boot, seed)
+
+
+def all_intervals(runs: Sequence[Run], n_boot: int, seed: int, jobs: int = 1,
+                  progress: bool = True) -> dict[str, dict[str, tuple[float, float]]]:
+    """test_intervals of each run, in `jobs` worker processes when > 1 (the bootstrap is CPU-bound Python).
+
+    Workers are spawned, not forked: the parent may hold TensorFlow threads, which do not survive a fork.
+    """
+    from tqdm import tqdm
+    if n_boot == 0:
+        return {r.name: {} for r in runs}
+    bar = tqdm(total=len(runs), desc="bootstrap CIs", unit="run", disable=not progress)
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    if jobs <= 1 or len(runs) == 1:
+        for r in runs:
+            out[r.name] = test_intervals(r, n_boot, seed)
+            bar.update()
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        with ProcessPoolExecutor(min(jobs, len(runs)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_intervals_job, str(r.dir), r.config, n_boot, seed): r.name for r in runs}
+            for f in as_completed(futures):
+                out[futures[f]] = f.result()
+                bar.update()
+    bar.close()
+    return out
+
+
+def table2_test(results: Results, n_boot: int = 1000, seed: int = 0, progress: bool = True,
+                jobs: int = 1) -> pd.DataFrame:
+    """One row per finished run in the paper's order: point estimates (test_metrics.json), CIs as <key>_lo/_hi."""
+    runs = _done_runs(results)
+    classes = results.classes
+    keys = metric_keys(classes)
+    intervals = all_intervals(runs, n_boot, seed, jobs, progress)
+    rows = []
+    for r in runs:
+        for problem in check_predictions(r):
+            print(f"warning: {r.name}: {problem}", file=sys.stderr)
+        sel = r.selection
+        row: dict[str, Any] = {"run": r.name, "network": r.network, "depth": r.depth, "weights": r.config.get("weights"),
+                               "selected_lr": sel["lr"], "selected_epochs": sel["epochs"], **cv_summary(r)}
+        for key in keys:
+            mono = key.startswith(NO_AUC_PREFIX)
+            row[key] = r.metric(key[len(NO_AUC_PREFIX):] if mono else key, monotone=mono)
+            row[f"{key}_lo"], row[f"{key}_hi"] = intervals[r.name].get(key, (float("nan"), float("nan")))
+        for c in classes:
+            row[f"support_{c.lower()}"] = r.metrics.get(f"support_{c.lower()}")
+        row["n"] = r.metrics.get("n")
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    empty = [k for k in keys if df[k].isna().all()]
+    return df.drop(columns=[c for k in empty for c in (k, f"{k}_lo", f"{k}_hi")])
+
+
+def best_mask(df: pd.DataFrame, key: str, decimals: int = 3) -> pd.Series:
+    """Rows holding the best value of a column at the printed precision (ties all marked); none with < 2 values."""
+    values = df[key].astype(float).round(decimals)
+    if values.notna().sum() < 2:
+        return pd.Series(False, index=df.index)
+    best = values.min() if key.removeprefix(NO_AUC_PREFIX) in LOWER_IS_BETTER else values.max()
+    return values == best
+
+
+def _heading(key: str) -> str:
+    mono = key.startswith(NO_AUC_PREFIX)
+    base = key.removeprefix(NO_AUC_PREFIX)
+    names = dict(CLASS_METRICS + RANGE_METRICS)
+    name = f"F1 {base[3:].upper()}" if base.startswith("f1_") else names.get(base, base.replace("_", " "))
+    return f"{name} (mono)" if mono else name
+
+
+def _table2_groups(df: pd.DataFrame) -> list[tuple[str, list[str]]]:
+    keys = [k for k in metric_keys([c[len("support_"):] for c in df if c.startswith("support_")]) if k in df]
+    plain = [k for k in keys if not k.startswith(NO_AUC_PREFIX) and k not in dict(RANGE_METRICS)]
+    rng = [k for k in keys if k.removeprefix(NO_AUC_PREFIX) in dict(RANGE_METRICS)]
+    mono = [k for k in keys if k.startswith(NO_AUC_PREFIX) and k not in rng]
+    groups = [("Test set, argmax decoding", plain)]
+    if mono or rng:
+        groups.append(("Monotone stack decoding and IN range", mono + rng))
+    return groups
+
+
+def table2_markdown(df: pd.DataFrame) -> str:
+    supports = [c for c in df if c.startswith("support_")]
+    parts = []
+    for title, keys in _table2_groups(df):
+        cv_name = _heading(df["cv_metric"].iat[0].removeprefix("val_")) if len(df) else ""
+        extra = [f"CV {cv_name} (mean ± SD)"] if title.startswith("Test") else []
+        head = ["network", "depth"] + [_heading(k) for k in keys] + extra + \
+            ([f"n {c[len('support_'):].upper()}" for c in supports] if title.startswith("Test") else [])
+        lines = [f"### {title}", ""] + _md_header(head)
+        marks = {k: best_mask(df, k) for k in keys}
+        for i, r in df.iterrows():
+            cells = [r.network, str(r.depth)]
+            for k in keys:
+                value = _num(r[k], 3)
+                cells.append((f"**{value}**" if marks[k][i] else value) + _ci_text(r[f"{k}_lo"], r[f"{k}_hi"]))
+            if extra:
+                cells.append(f"{_num(r.cv_mean, 3)} ± {_num(r.cv_sd, 3)}")
+                cells += [str(r[c]) for c in supports]
+            lines.append(_md_row(cells))
+        parts.append("\n".join(lines))
+    note = ("Point estimates from test_metrics.json; [95 % CI] from a patient-level bootstrap of "
+            "test_predictions.csv; best value per column in bold (lowest for boundary MAE, in slices). CV: fold mean "
+            "± SD of the selection metric at the selected learning rate and epoch count.")
+    return "\n\n".join(parts) + "\n\n" + note + "\n"
+
+
+def table2_latex(df: pd.DataFrame) -> str:
+    """booktabs tables (\\usepackage{booktabs}); CIs in brackets below each value."""
+    out = ["% generated by python -m benchmark.report; needs \\usepackage{booktabs}"]
+    for title, keys in _table2_groups(df):
+        marks = {k: best_mask(df, k) for k in keys}
+        out += [r"\begin{table}[ht]", r"\centering", r"\scriptsize", f"\\caption{{{_tex(title)}}}",
+                r"\begin{tabular}{ll" + "c" * len(keys) + "}", r"\toprule",
+                " & ".join(["Network", "Depth"] + [_tex(_heading(k)) for k in keys]) + r" \\", r"\midrule"]
+        for i, r in df.iterrows():
+            values, cis = [_tex(r.network), _tex(str(r.depth))], ["", ""]
+            for k in keys:
+                v = _num(r[k], 3)
+                values.append(f"\\textbf{{{v}}}" if marks[k][i] else v)
+                lo, hi = r[f"{k}_lo"], r[f"{k}_hi"]
+                cis.append("" if math.isnan(lo) else f"[{lo:.2f}, {hi:.2f}]")
+            out.append(" & ".join(values) + r" \\")
+            if any(cis):
+                out.append(" & ".join(cis) + r" \\[2pt]")
+        out += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(out)
+
+
+def _num(v, decimals: int) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{decimals}f}"
+
+
+def _ci_text(lo: float, hi: float) -> str:
+    return "" if math.isnan(lo) else f" [{lo:.2f}, {hi:.2f}]"
+
+
+def _md_header(head: list[str]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "α": r"$\alpha$",
+                "±": r"$\pm$"}
+
+
+def _tex(text: str) -> str:
+    return "".join(_TEX_ESCAPES.get(ch, ch) for ch in text)
+
+
+# ---- figures --------------------------------------------------------------------------------------------------------
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write a figure atomically (temporary name in the same folder, then rename); the format follows the suffix."""
+    return atomic.atomic_write(path, lambda p: fig.savefig(p, dpi=DPI, format=path.suffix[1:], bbox_inches="tight"))
+
+
+def _grid(n: int, ncols: int, panel: tuple[float, float]) -> tuple[Figure, np.ndarray]:
+    ncols = max(1, min(n, ncols))
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(nrows, ncols, squeeze=False))
+    for ax in axes.flat[n:]:
+        ax.set_axis_off()
+    return fig, axes
+
+
+CURVE_STYLE = {"loss": ("training loss", OKABE_ITO["blue"], "-"),
+               "val_loss": ("validation loss", OKABE_ITO["vermillion"], "--"),
+               "val_accuracy": ("validation accuracy", OKABE_ITO["green"], ":")}
+
+
+def fig3_curves(results: Results, lr: float | None = None, runs: Sequence[str] | None = None) -> Figure:
+    """One panel per run: per-fold curves (faint) and their fold mean (bold) at the selected LR, or at `lr`.
+
+    Losses on the left axis, validation accuracy on the right (0-1); the dotted grey line marks the selected epoch
+    count when the panel shows the selected LR.
+    """
+    chosen = [results.get(n) for n in runs] if runs else _done_runs(results)
+    fig, axes = _grid(len(chosen), 6, (3.0, 2.4))
+    ncols = axes.shape[1]
+    for i, r in enumerate(chosen):
+        ax = axes.flat[i]
+        sel = r.selection
+        want = sel["lr"] if lr is None else lr
+        h = r.history[np.isclose(r.history["lr"], want, rtol=1e-9, atol=0)]
+        if h.empty:
+            ax.set_axis_off()
+            ax.set_title(f"{r.label}\nLR {want:g} not in its grid", fontsize=8)
+            continue
+        acc_ax = ax.twinx()
+        losses = []
+        for key, (_, colour, style) in CURVE_STYLE.items():
+            target = acc_ax if key == "val_accuracy" else ax
+            for _, fold in h.groupby("fold"):
+                target.plot(fold["epoch"], fold[key], color=colour, ls=style, lw=0.8, alpha=0.3)
+            mean = h.groupby("epoch")[key].agg(["mean", "count"])
+            mean = mean[mean["count"] == h["fold"].nunique()]
+            target.plot(mean.index, mean["mean"], color=colour, ls=style, lw=2.0)
+            if target is ax:
+                losses.append(h[key].to_numpy(dtype=float))
+        loss = np.concatenate(losses)
+        loss = loss[np.isfinite(loss)]
+        if loss.size:
+            ax.set_ylim(0, max(1e-3, min(loss.max(), 3 * np.percentile(loss, 90))) * 1.05)
+        acc_ax.set_ylim(0, 1.02)
+        selected = np.isclose(want, sel["lr"], rtol=1e-9, atol=0)
+        if selected:
+            ax.axvline(sel["epochs"], color="0.5", ls=(0, (1, 2)), lw=1)
+        ax.set_title(f"{r.label}\nLR {want:g}" + (" (selected)" if selected else ""), fontsize=8)
+        ax.tick_params(labelsize=7)
+        acc_ax.tick_params(labelsize=7)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        col, last_row = i % ncols, i + ncols >= len(chosen)
+        if col == 0:
+            ax.set_ylabel("loss", fontsize=8)
+        if col == ncols - 1 or i == len(chosen) - 1:
+            acc_ax.set_ylabel("validation accuracy", fontsize=8)
+        if last_row:
+            ax.set_xlabel("epoch", fontsize=8)
+    handles = [Line2D([], [], color=c, ls=s, lw=2, label=lbl) for lbl, c, s in CURVE_STYLE.values()]
+    handles += [Line2D([], [], color="0.3", lw=0.8, alpha=0.4, label="one fold"),
+                Line2D([], [], color="0.3", lw=2, label="fold mean"),
+                Line2D([], [], color="0.5", ls=(0, (1, 2)), lw=1, label="selected epochs")]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
+    return fig
+
+
+def confusion(run: Run) -> np.ndarray:
+    """Counts (true x predicted, classes in the run's order) from test_predictions.csv."""
+    df = run.predictions
+    index = {c: i for i, c in enumerate(run.classes)}
+    counts = np.zeros((len(index), len(index)), dtype=np.int64)
+    np.add.at(counts, (df["label"].map(index).to_numpy(), df["prediction"].map(index).to_numpy()), 1)
+    return counts
+
+
+def _draw_confusion(ax, counts: np.ndarray, classes: Sequence[str], title: str, *, xlabel: bool = True,
+                    ylabel: bool = True, fontsize: float = 8):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = counts / counts.sum(axis=1, keepdims=True)
+    image = ax.imshow(np.nan_to_num(frac), cmap=CONFUSION_CMAP, vmin=0, vmax=1)
+    for t in range(len(classes)):
+        for p in range(len(classes)):
+            share = "–" if np.isnan(frac[t, p]) else f"{frac[t, p]:.0%}"
+            ax.text(p, t, f"{counts[t, p]}\n{share}", ha="center", va="center", fontsize=fontsize,
+                    color="black" if np.nan_to_num(frac[t, p]) > 0.55 else "white")
+    ax.set_xticks(range(len(classes)), classes, fontsize=fontsize)
+    ax.set_yticks(range(len(classes)), classes, fontsize=fontsize)
+    if xlabel:
+        ax.set_xlabel("predicted", fontsize=fontsize)
+    if ylabel:
+        ax.set_ylabel("true", fontsize=fontsize)
+    ax.set_title(title, fontsize=fontsize)
+    return image
+
+
+def fig4_confusion(results: Results) -> Figure:
+    """Every finished run's test confusion matrix: count and fraction of the true class in each cell."""
+    runs = _done_runs(results)
+    fig, axes = _grid(len(runs), 6, (2.3, 2.4))
+    ncols = axes.shape[1]
+    image = None
+    for i, r in enumerate(runs):
+        image = _draw_confusion(axes.flat[i], confusion(r), r.classes,
+                                f"{r.label}\nmacro-F1 {r.metric('macro_f1'):.3f}",
+                                xlabel=i + ncols >= len(runs), ylabel=i % ncols == 0, fontsize=7)
+    fig.colorbar(image, ax=axes, shrink=0.6, label="fraction of the true class")
+    return fig
+
+
+def selection_picks(results: Results) -> list[tuple[str, list[tuple[str, Run]]]]:
+    """The paper's good/poor pairs: best and worst run by test macro-F1 at depth 0 and at depth 1.
+
+    Rows are the first two of (depth 0, depth 1, from scratch) that have finished runs; a row with one run shows it
+    once.
+    """
+    runs = _done_runs(results)
+    groups = [("depth 0", [r for r in runs if r.depth == 0]), ("depth 1", [r for r in runs if r.depth == 1]),
+              ("from scratch", [r for r in runs if r.depth == "scratch"])]
+    rows = []
+    for title, group in [g for g in groups if g[1]][:2]:
+        ranked = sorted(group, key=lambda r: _rank_key(r.metric("macro_f1")))
+        picks = [(f"best at {title}", ranked[0])]
+        if len(ranked) > 1:
+            picks.append((f"worst at {title}", ranked[-1]))
+        rows.append((title, picks))
+    return rows
+
+
+def fig4_selection(results: Results) -> Figure:
+    rows = selection_picks(results)
+    fig = Figure(figsize=(7.2, 3.4 * len(rows)), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(rows), 2, squeeze=False))
+    letters = iter("abcdefgh")
+    image = None
+    for i, (title, picks) in enumerate(rows):
+        for j in range(2):
+            ax = axes[i, j]
+            if j >= len(picks):
+                ax.set_axis_off()
+                ax.text(0.5, 0.5, f"only one finished run at {title}", ha="center", va="center",
+                        transform=ax.transAxes, fontsize=9)
+                continue
+            caption, r = picks[j]
+            image = _draw_confusion(ax, confusion(r), r.classes,
+                                    f"({next(letters)}) {caption}: {r.label}\nmacro-F1 {r.metric('macro_f1'):.3f}, "
+                                    f"accuracy {r.metric('accuracy'):.3f}", fontsize=9)
+    fig.colorbar(image, ax=axes, shrink=0.6, label="fraction of the true class")
+    return fig
+
+
+# ---- figures that need the model and the images ---------------------------------------------------------------------
+def load_model(run: Run):
+    path = run.dir / "model" / "model.keras"
+    if not path.is_file():
+        raise FigureUnavailable(f"{run.name}: no trained model ({path} is missing; results copied without model "
+                                f"weights cannot show features or saliency)")
+    import keras
+    return keras.models.load_model(path, compile=False)
+
+
+def run_preprocessing(run: Run) -> Preprocessing:
+    """The Preprocessing the run's model saw (model/model.json, else config.json)."""
+    info = run.dir / "model" / "model.json"
+    key = atomic.read_json(info)["preprocessing"] if info.is_file() else run.config["preprocessing"]
+    fields = json.loads(key)
+    fields["window"] = tuple(fields["window"])
+    return Preprocessing(**fields)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_dataset(path: str) -> Dataset:
+    return Dataset.load(path)
+
+
+def run_dataset(run: Run, data: str | Path | None = None) -> Dataset:
+    """The dataset holding the run's test rows (config.json data, its test_data if any, or `data`), checked by hash."""
+    desc = run.config.get("data", {})
+    recorded = desc.get("test_data") or desc
+    path = Path(data) if data is not None else Path(recorded.get("path", ""))
+    if not (path / "manifest.csv").is_file():
+        raise FigureUnavailable(f"{run.name}: dataset {path} not found (the images are needed for t-SNE and "
+                                f"Grad-CAM only; pass --data DIR to point at the dataset directory the run used)")
+    ds = _load_dataset(str(path.resolve()))
+    if recorded.get("manifest_sha256") and ds.manifest_sha256 != recorded["manifest_sha256"]:
+        raise FigureUnavailable(f"{run.name}: {path / 'manifest.csv'} differs from the manifest the run used "
+                                f"(sha256 {ds.manifest_sha256[:12]} vs {recorded['manifest_sha256'][:12]})")
+    return ds
+
+
+def dataset_rows(ds: Dataset, predictions: pd.DataFrame) -> np.ndarray:
+    """Row index in ds.rows of each prediction (matched on patient, frame, slice)."""
+    keys = ds.rows[["patient", "frame", "slice"]].astype({"patient": str, "frame": str, "slice": np.int64})
+    where = pd.Series(np.arange(len(keys)), index=pd.MultiIndex.from_frame(keys))
+    wanted = pd.MultiIndex.from_frame(
+        predictions[["patient", "frame", "slice"]].astype({"patient": str, "frame": str, "slice": np.int64}))
+    found = where.reindex(wanted)
+    if found.isna().any():
+        first = wanted[np.flatnonzero(found.isna().to_numpy())[0]]
+        raise FigureUnavailable(f"test slice {first} is not in dataset {ds.root}")
+    return found.to_numpy(dtype=np.int64)
+
+
+def model_inputs(run: Run, rows: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Exactly the preprocessed inputs the model saw at test time."""
+    prep = run_preprocessing(run)
+    return np.stack([ds.make_input(int(i), prep) for i in rows]).astype(np.float32)
+
+
+def pooled_features(run: Run, data: str | Path | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+    """(n_test, width) output of the layer "pooled" of the run's model on its test set, and the predictions rows."""
+    import keras
+    model = load_model(run)
+    ds = run_dataset(run, data)
+    preds = run.predictions
+    x = model_inputs(run, dataset_rows(ds, preds), ds)
+    probe = keras.Model(model.inputs, model.get_layer(POOLED).output)
+    return probe.predict(x, batch_size=64, verbose=0), preds
+
+
+def fig5_tsne(results: Results, runs: Sequence[str] | None = None, data: str | Path | None = None,
+              seed: int = 0) -> Figure:
+    """t-SNE (seeded, PCA start) of the pooled test features of each run (default: the best run), by true class."""
+    from sklearn.manifold import TSNE
+    chosen = [results.get(n) for n in runs] if runs else [results.best()]
+    fig, axes = _grid(len(chosen), 3, (4.2, 4.0))
+    for ax, r in zip(axes.flat, chosen):
+        feats, preds = pooled_features(r, data)
+        n = len(feats)
+        if n < 5:
+            raise FigureUnavailable(f"{r.name}: {n} test images are too few for t-SNE")
+        # exact t-SNE beats Barnes-Hut in time below a few hundred points (measured), and is exact
+        emb = TSNE(n_components=2, perplexity=min(30.0, (n - 1) / 3), init="pca", random_state=seed,
+                   method="exact" if n <= TSNE_EXACT_MAX else "barnes_hut").fit_transform(feats.astype(np.float64))
+        wrong = (preds["label"] != preds["prediction"]).to_numpy()
+        for k, c in enumerate(r.classes):
+            colour, marker = CLASS_STYLE.get(c, EXTRA_STYLES[k % len(EXTRA_STYLES)])
+            mask = (preds["label"] == c).to_numpy()
+            ax.scatter(emb[mask & ~wrong, 0], emb[mask & ~wrong, 1], s=14, c=colour, marker=marker, alpha=0.8,
+                       linewidths=0, label=f"{c} (n={int(mask.sum())})")
+            ax.scatter(emb[mask & wrong, 0], emb[mask & wrong, 1], s=22, c=colour, marker=marker,
+                       edgecolors="black", linewidths=1.0)
+        ax.scatter([], [], s=22, c="white", marker="o", edgecolors="black", linewidths=1.0,
+                   label=f"misclassified ({int(wrong.sum())})")
+        ax.set_title(f"{r.label}: pooled features of the test set\nmacro-F1 {r.metric('macro_f1'):.3f}",
+                     fontsize=9)
+        ax.set_xlabel("t-SNE 1", fontsize=8)
+        ax.set_ylabel("t-SNE 2", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.legend(fontsize=7, title="true class", title_fontsize=7, loc="best")
+    return fig
+
+
+def default_cam_run(results: Results) -> Run:
+    """VGG16 (the paper's Grad-CAM network) at its better depth if it finished, else the best run."""
+    vgg = [r for r in results.done if r.config["backbone"] == "vgg16"]
+    return results.best(vgg) if vgg else results.best()
+
+
+@dataclass
+class CamGrid:
+    """What fig6 shows: counts (true x predicted), and per non-empty cell the chosen test row and its maps."""
+
+    run: Run
+    counts: np.ndarray
+    picks: dict[tuple[int, int], int]      # (true, predicted) -> row in test_predictions.csv
+    images: dict[tuple[int, int], np.ndarray]
+    gradcam: dict[tuple[int, int], np.ndarray]
+    saliency: dict[tuple[int, int], np.ndarray]
+    methods: tuple[str, str]
+    max_output_diff: float
+
+
+def cam_picks(run: Run) -> dict[tuple[int, int], int]:
+    """Per (true, predicted) cell the test image of median confidence in the prediction: a typical member."""
+    df = run.predictions
+    picks = {}
+    for t, tc in enumerate(run.classes):
+        for p, pc in enumerate(run.classes):
+            cell = df[(df["label"] == tc) & (df["prediction"] == pc)]
+            if len(cell):
+                ordered = cell[f"p_{pc}"].sort_values(kind="stable")
+                picks[(t, p)] = int(ordered.index[len(ordered) // 2])
+    return picks
+
+
+def cam_grid(run: Run, data: str | Path | None = None, samples: int = 20, seed: int = 0) -> CamGrid:
+    """Grad-CAM (registry CAM layer) and SmoothGrad for the predicted class of one image per confusion cell."""
+    from .gradcam import explain
+    from .registry import cam_layer_name
+    counts = confusion(run)
+    if run.metrics.get("confusion") is not None and counts.tolist() != run.metrics["confusion"]:
+        raise BenchmarkInputError(f"{run.dir}: test_predictions.csv and test_metrics.json disagree on the "
+                                  f"confusion matrix")
+    model = load_model(run)
+    ds = run_dataset(run, data)
+    picks = cam_picks(run)
+    cells = list(picks)
+    preds = run.predictions.loc[[picks[c] for c in cells]]
+    x = model_inputs(run, dataset_rows(ds, preds), ds)
+    targets = [p for _, p in cells]
+    layer = cam_layer_name(model, get_spec(run.config["backbone"]))
+    maps = explain(model, x, targets, layer, samples=samples, seed=seed)
+    recorded = preds[[f"p_{c}" for c in run.classes]].to_numpy(dtype=np.float64)
+    diff = float(np.abs(model.predict(x, verbose=0) - recorded).max())
+    return CamGrid(run, counts, picks, dict(zip(cells, x)), dict(zip(cells, maps.gradcam)),
+                   dict(zip(cells, maps.saliency)), (maps.gradcam_method, maps.saliency_method), diff)
+
+
+def _grey(x: np.ndarray) -> np.ndarray:
+    """The slice as the network saw it (middle channel: the slice itself also for 2.5D input), scaled to [0, 1]."""
+    g = x[..., x.shape[-1] // 2]
+    return (g - g.min()) / (g.max() - g.min() + 1e-12)
+
+
+def fig6_gradcam(grid: CamGrid) -> Figure:
+    """3x3 truth x prediction grid: per cell the count of test images, a typical image with its Grad-CAM overlay
+    and its SmoothGrad map (both for the predicted class)."""
+    run, classes = grid.run, grid.run.classes
+    k = len(classes)
+    fig = Figure(figsize=(4.0 * k + 1.0, 2.3 * k + 0.8), layout="constrained")
+    cells_fig, bar_fig = fig.subfigures(1, 2, width_ratios=[4.0 * k, 1.0])
+    cells = np.atleast_2d(cells_fig.subfigures(k, k, wspace=0.01, hspace=0.01))
+    images = {}
+    preds = run.predictions
+    for t in range(k):
+        for p in range(k):
+            cell, n = cells[t, p], int(grid.counts[t, p])
+            cell.set_facecolor("#E8EEF4" if t == p else "white")
+            axes = cell.subplots(1, 2)
+            for ax in axes:
+                ax.set_xticks([])
+                ax.set_yticks([])
+            head = f"true {classes[t]} → predicted {classes[p]}: n = {n}"
+            weight = "bold" if t == p else "normal"
+            if (t, p) not in grid.picks:
+                for ax in axes:
+                    ax.set_axis_off()
+                axes[0].text(1.0, 0.5, "no test image", ha="center", va="center", transform=axes[0].transAxes,
+                             fontsize=8, color="0.4")
+                cell.suptitle(f"{head}\n", fontsize=8, fontweight=weight)
+                continue
+            row = preds.loc[grid.picks[(t, p)]]
+            axes[0].imshow(_grey(grid.images[(t, p)]), cmap="gray", vmin=0, vmax=1)
+            images["cam"] = axes[0].imshow(grid.gradcam[(t, p)], cmap=CAM_CMAP, alpha=0.45, vmin=0, vmax=1)
+            images["sal"] = axes[1].imshow(grid.saliency[(t, p)], cmap=SALIENCY_CMAP, vmin=0, vmax=1)
+            axes[0].set_xlabel("image + Grad-CAM", fontsize=7)
+            axes[1].set_xlabel("SmoothGrad", fontsize=7)
+            cell.suptitle(f"{head}\n{row.patient} {row.frame} slice {row.slice}, "
+                          f"p({classes[p]}) = {row[f'p_{classes[p]}']:.2f}", fontsize=8, fontweight=weight)
+    if images:
+        bars = bar_fig.subplots(2, 1)
+        # the overlay is translucent; its colour bar shows the opaque map
+        bar_fig.colorbar(ScalarMappable(images["cam"].norm, CAM_CMAP), cax=bars[0], label="Grad-CAM (overlay)")
+        bar_fig.colorbar(images["sal"], cax=bars[1], label="SmoothGrad")
+    else:
+        bar_fig.set_visible(False)
+    note = (f"{run.label} (macro-F1 {run.metric('macro_f1'):.3f}). Rows: true class; columns: predicted class; "
+            f"n: test images in the cell (the confusion matrix). Each cell: the image of median confidence, "
+            f"Grad-CAM ({grid.methods[0]}) on the CAM layer and SmoothGrad ({grid.methods[1]}), for the predicted "
+            f"class.")
+    if grid.max_output_diff > 0.05:
+        note += (f"\nWARNING: this model's outputs differ from test_predictions.csv by up to "
+                 f"{grid.max_output_diff:.2f}: the maps may not be those of the run's model.")
+    fig.suptitle(note, fontsize=9, wrap=True)
+    return fig
+
+
+# ---- the whole report -----------------------------------------------------------------------------------------------
+def write_report(results: Results, out: Path, *, lr: float | None = None, n_boot: int = 1000, seed: int = 0,
+                 data: str | Path | None = None, tsne_runs: Sequence[str] | None = None,
+                 gradcam_run: str | None = None, smooth_samples: int = 20, model_figures: bool = True,
+                 jobs: int = 1, log: Callable[[str], None] = print) -> list[Path]:
+    """Every table and figure into `out`; figures needing what is not on disk are skipped with a logged reason."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = _done_runs(results)
+    unfinished = [f"{r.name} ({r.status})" for r in results.runs if not r.done]
+    log(f"{results.root}: {len(runs)} finished run(s)" + (f"; not reported: {', '.join(unfinished)}"
+                                                          if unfinished else ""))
+    # named runs are checked before any work, so a typo fails at once
+    cam_run = results.get(gradcam_run) if gradcam_run else None
+    for name in tsne_runs or ():
+        results.get(name)
+    written: list[Path] = []
+
+    def text(name: str, content: str) -> None:
+        written.append(atomic.write_text(out / name, content))
+
+    t1 = table1_time(results)
+    written.append(atomic.write_csv(out / "table1_time.csv", t1))
+    text("table1_time.md", table1_markdown(t1))
+    t2 = table2_test(results, n_boot=n_boot, seed=seed, jobs=jobs)
+    written.append(atomic.write_csv(out / "table2_test.csv", t2))
+    footer = f"\nNot finished, not reported: {', '.join(unfinished)}.\n" if unfinished else ""
+    text("table2_test.md", table2_markdown(t2) + footer)
+    text("table2_test.tex", table2_latex(t2))
+
+    def figure(name: str, make: Callable[[], Figure]) -> None:
+        try:
+            fig = make()
+        except FigureUnavailable as exc:
+            log(f"{name} skipped: {exc}")
+            return
+        for suffix in (".png", ".pdf"):
+            written.append(save_figure(fig, out / f"{name}{suffix}"))
+
+    figure("fig3_curves", lambda: fig3_curves(results, lr=lr))
+    figure("fig4_confusion", lambda: fig4_confusion(results))
+    figure("fig4_selection", lambda: fig4_selection(results))
+    if model_figures:
+        figure("fig5_tsne", lambda: fig5_tsne(results, runs=tsne_runs, data=data, seed=seed))
+        cam_run = cam_run or default_cam_run(results)
+        figure("fig6_gradcam", lambda: fig6_gradcam(cam_grid(cam_run, data=data, samples=smooth_samples,
+                                                             seed=seed)))
+    else:
+        log("fig5_tsne and fig6_gradcam skipped: --no-model-figures")
+    for p in written:
+        log(f"wrote {p}")
+    return written
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmark.report",
+                                description="Tables and figures of the paper from a results directory written by "
+                                            "`python -m benchmark` (result files only; nothing is retrained).")
+    p.add_argument("results", type=Path, help="results directory (OUT of python -m benchmark)")
+    p.add_argument("--out", type=Path, help="where the tables and figures go (default RESULTS/report)")
+    p.add_argument("--data", type=Path, help="dataset directory of the test images, if it moved since the run "
+                                             "(t-SNE and Grad-CAM only; checked against the recorded manifest hash)")
+    p.add_argument("--lr", type=float, help="learning rate of the curves in fig3 (default: each run's selected LR)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for the CIs (default 1000; 0: none)")
+    p.add_argument("--jobs", type=int, default=1, help="processes for the bootstrap CIs, one run each (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap, t-SNE and SmoothGrad noise")
+    p.add_argument("--tsne-run", help="run(s) for fig5, comma-separated (default: the best by test macro-F1)")
+    p.add_argument("--gradcam-run", help="run for fig6 (default: VGG16 at its better depth, else the best run)")
+    p.add_argument("--smooth-samples", type=int, default=20, help="noisy copies per image for SmoothGrad (20)")
+    p.add_argument("--no-model-figures", action="store_true", help="skip fig5 and fig6 (no TensorFlow work)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    import matplotlib
+    matplotlib.use("Agg")
+    args = build_parser().parse_args(argv)
+    if args.n_boot < 0 or args.smooth_samples < 0 or args.jobs < 1:
+        print("benchmark.report: error: --n-boot and --smooth-samples must be >= 0, --jobs >= 1", file=sys.stderr)
+        return 2
+    try:
+        results = load_results(args.results)
+        with warnings.catch_warnings():
+            # t-SNE and Keras chatter would bury the report's own lines
+            warnings.simplefilter("ignore", FutureWarning)
+            write_report(results, args.out or args.results / "report", lr=args.lr, n_boot=args.n_boot,
+                         seed=args.seed, data=args.data,
+                         tsne_runs=[s.strip() for s in args.tsne_run.split(",")] if args.tsne_run else None,
+                         gradcam_run=args.gradcam_run, smooth_samples=args.smooth_samples,
+                         model_figures=not args.no_model_figures, jobs=args.jobs)
+    except BenchmarkInputError as exc:
+        print(f"benchmark.report: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""benchmark.report on the committed results fixture: tables equal the metrics files, CIs, figures, CLI errors."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmark import report
+from benchmark.metrics import range_metrics
+
+ORDER = ["mobilenet_d0", "mobilenet_d1", "mobilenetv2_d0", "mobilenetv2_d1", "cbr_tiny"]
+N_BOOT = 200
+
+
+@pytest.fixture(scope="module")
+def results(results_small):
+    return report.load_results(results_small)
+
+
+@pytest.fixture(scope="module")
+def table2(results):
+    return report.table2_test(results, n_boot=N_BOOT, seed=0, progress=False)
+
+
+def read(path):
+    return json.loads(path.read_text())
+
+
+def test_runs_in_the_papers_order(results):
+    assert [r.name for r in results.runs] == ORDER
+    assert [r.label for r in results.runs][-1] == "CBR-Tiny"
+    assert results.get("mobilenet_d1").label == "MobileNet α0.25 d1"
+
+
+def test_table2_values_are_the_metrics_files(results_small, table2):
+    assert list(table2["run"]) == ORDER
+    for _, row in table2.iterrows():
+        m = read(results_small / row.run / "test_metrics.json")
+        sel = read(results_small / row.run / "selection.json")
+        for key in ("f1_oap", "f1_in", "f1_obs", "macro_f1", "auc_micro", "auc_weighted", "accuracy",
+                    "soft_accuracy", "range_exact", "range_within1", "boundary_mae"):
+            assert row[key] == pytest.approx(m[key], abs=1e-12), (row.run, key)
+        for key in ("f1_oap", "macro_f1", "accuracy", "soft_accuracy", "range_exact", "boundary_mae"):
+            assert row[f"mono_{key}"] == pytest.approx(m["monotone"][key], abs=1e-12), (row.run, key)
+        assert (row.support_oap, row.support_in, row.support_obs, row.n) == \
+            (m["support_oap"], m["support_in"], m["support_obs"], m["n"])
+        # fold mean and SD recomputed from cv_history equal what the engine selected on
+        assert (row.selected_lr, row.selected_epochs) == (sel["lr"], sel["epochs"])
+        assert row.cv_mean == pytest.approx(sel["cv_mean"], abs=1e-5)
+        assert row.cv_sd == pytest.approx(sel["cv_sd"], abs=1e-5)
+
+
+def test_cis_contain_the_point_estimate(table2):
+    keys = [c[:-3] for c in table2 if c.endswith("_lo")]
+    assert {"macro_f1", "auc_micro", "soft_accuracy", "range_exact", "mono_macro_f1", "mono_boundary_mae"} <= set(keys)
+    checked = 0
+    for _, row in table2.iterrows():
+        for key in keys:
+            lo, hi, value = row[f"{key}_lo"], row[f"{key}_hi"], row[key]
+            if math.isnan(value):
+                continue
+            assert lo - 1e-9 <= value <= hi + 1e-9, (row.run, key, lo, value, hi)
+            checked += 1
+    assert checked == len(table2) * len(keys) == 100
+
+
+def test_cis_are_seeded(results):
+    run = results.get("cbr_tiny")
+    a = report.test_intervals(run, n_boot=50, seed=1)
+    assert a == report.test_intervals(run, n_boot=50, seed=1)
+    assert a != report.test_intervals(run, n_boot=50, seed=2)
+    lo, hi = a["macro_f1"]
+    assert 0 <= lo < hi <= 1
+
+
+def test_per_stack_range_averages_to_range_metrics():
+    # two stacks of patient a (one with no predicted IN), one stack of b without true IN
+    stacks = pd.DataFrame({"patient": ["a"] * 8 + ["b"] * 3, "frame": ["ED"] * 4 + ["ES"] * 4 + ["ED"] * 3,
+                           "slice": [0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2]})
+    y = np.array([0, 1, 1, 2, 0, 1, 1, 2, 0, 0, 2])
+    pred = np.array([0, 0, 1, 2, 0, 0, 0, 2, 0, 1, 2])
+    per = report.per_stack_range(y, pred, stacks)
+    assert len(per) == 3
+    full = range_metrics(y, pred, stacks)
+    for key in ("range_exact", "range_within1", "boundary_mae"):
+        assert report._nanmean(per[key].to_numpy(float)) == pytest.approx(full[key])
+    # by hand: stack a/ED predicts IN at slice 2 only (apical error 1, basal 0); a/ES predicts no IN
+    assert per["range_within1"].tolist()[:2] == [1.0, 0.0]
+    assert per["boundary_mae"].iloc[0] == 0.5 and math.isnan(per["boundary_mae"].iloc[1])
+
+
+def test_table1_is_timing_json(results_small, results):
+    t1 = report.table1_time(results)
+    assert list(t1["run"]) == ORDER
+    for _, row in t1.iterrows():
+        t = read(results_small / row.run / "timing.json")
+        assert row.cv_s == t["cv_s"] and row.final_s == t["final_s"] and row.test_s == t["test_s"]
+        assert row.total_s == pytest.approx(t["cv_s"] + t["final_s"] + t["test_s"])
+        assert row.total_min == pytest.approx(row.total_s / 60)
+    assert t1.set_index("run").loc["cbr_tiny", "input_px"] == 32
+    assert "| MobileNet α0.25 | 0 | 96 |" in report.table1_markdown(t1)
+
+
+def test_best_mask_marks_ties_and_lower_is_better():
+    df = pd.DataFrame({"macro_f1": [0.9001, 0.8, 0.9004, np.nan], "boundary_mae": [0.5, 0.2, 0.2, 1.0],
+                       "mono_boundary_mae": [3.0, 1.0, 2.0, np.nan]})
+    assert report.best_mask(df, "macro_f1").tolist() == [True, False, True, False]
+    assert report.best_mask(df, "boundary_mae").tolist() == [False, True, True, False]
+    assert report.best_mask(df, "mono_boundary_mae").tolist() == [False, True, False, False]
+    assert not report.best_mask(df.iloc[:1], "macro_f1").any()
+
+
+def test_markdown_and_latex_mark_the_best(table2):
+    md = report.table2_markdown(table2)
+    # mobilenetv2 scores 1.000 at both depths: both rows bold; CBR-Tiny row has no bold macro F1
+    v2 = [line for line in md.splitlines() if line.startswith("| MobileNetV2")]
+    assert len(v2) == 4 and all("**1.000**" in line for line in v2)
+    cbr = next(line for line in md.splitlines() if line.startswith("| CBR-Tiny"))
+    assert "**" not in cbr.split("|")[6]
+    tex = report.table2_latex(table2)
+    assert r"MobileNet $\alpha$0.25" in tex and r"\textbf{1.000}" in tex and r"\toprule" in tex
+    assert tex.count(r"\begin{tabular}") == 2
+
+
+def test_check_predictions_agrees_and_detects_edits(results_small, results, tmp_path):
+    assert all(report.check_predictions(r) == [] for r in results.done)
+    shutil.copytree(results_small, tmp_path / "r")
+    path = tmp_path / "r" / "cbr_tiny" / "test_metrics.json"
+    m = read(path)
+    m["accuracy"] = 0.99
+    path.write_text(json.dumps(m))
+    problems = report.check_predictions(report.load_results(tmp_path / "r").get("cbr_tiny"))
+    assert len(problems) == 1 and problems[0].startswith("accuracy 0.99")
+
+
+def test_selection_picks_best_and_worst_per_depth(results):
+    rows = report.selection_picks(results)
+    assert [title for title, _ in rows] == ["depth 0", "depth 1"]
+    picked = [[(caption, r.name) for caption, r in picks] for _, picks in rows]
+    assert picked == [[("best at depth 0", "mobilenetv2_d0"), ("worst at depth 0", "mobilenet_d0")],
+                      [("best at depth 1", "mobilenetv2_d1"), ("worst at depth 1", "mobilenet_d1")]]
+
+
+def test_confusion_from_predictions_is_the_metrics_confusion(results):
+    for r in results.done:
+        assert report.confusion(r).tolist() == r.metrics["confusion"]
+
+
+def test_missing_model_and_dataset_say_so(results, tmp_path):
+    run = results.get("mobilenet_d0")
+    with pytest.raises(report.FigureUnavailable, match="no trained model"):
+        report.fig5_tsne(results, runs=["mobilenet_d0"])
+    with pytest.raises(report.FigureUnavailable, match="not found.*--data"):
+        report.run_dataset(run, tmp_path / "nowhere")
+
+
+def test_model_figures_on_a_regenerated_model(results_with_model, tiny_synthetic):
+    results = report.load_results(results_with_model)
+    run = report.default_cam_run(results)  # no VGG16 in the fixture: the best run
+    assert run.name == "mobilenetv2_d0"
+    grid = report.cam_grid(run, data=tiny_synthetic, samples=2)
+    assert grid.counts.tolist() == run.metrics["confusion"]
+    assert set(grid.picks) == {(t, p) for t in range(3) for p in range(3) if grid.counts[t, p]}
+    preds = run.predictions
+    for (t, p), row in grid.picks.items():
+        assert (preds.loc[row, "label"], preds.loc[row, "prediction"]) == (run.classes[t], run.classes[p])
+        assert grid.gradcam[(t, p)].shape == grid.saliency[(t, p)].shape == (run.input_px, run.input_px)
+    # the regenerated model is untrained: the figure must say that its outputs are not the run's
+    assert grid.max_output_diff > 0.05
+    fig = report.fig6_gradcam(grid)
+    assert "WARNING" in fig._suptitle.get_text()
+    # fig5 itself is drawn by the notebook test (03_confusion_tsne)
+    feats, rows = report.pooled_features(run, data=tiny_synthetic)
+    assert feats.shape == (len(rows), 1280) and len(rows) == run.metrics["n"]
+
+
+def test_cli_writes_every_table_and_the_figures(results_small, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert report.main([str(results_small), "--out", str(out), "--n-boot", "20", "--data",
+                        str(tmp_path / "no-data")]) == 0
+    printed = capsys.readouterr().out
+    for name in ("table1_time.csv", "table1_time.md", "table2_test.csv", "table2_test.md", "table2_test.tex",
+                 "fig3_curves.png", "fig3_curves.pdf", "fig4_confusion.png", "fig4_selection.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "fig3_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "fig5_tsne skipped: " in printed and "no trained model" in printed
+    assert "fig6_gradcam skipped: " in printed
+    assert not list(out.glob(".*partial*"))
+    t2 = pd.read_csv(out / "table2_test.csv")
+    assert list(t2["run"]) == ORDER
+
+
+def test_fig3_at_another_learning_rate(results):
+    fig = report.fig3_curves(results, lr=0.001)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert "MobileNet α0.25 d0\nLR 0.001" in titles
+    assert "MobileNet α0.25 d1\nLR 0.001 (selected)" in titles
+    fig = report.fig3_curves(results, lr=0.5)
+    assert all("LR 0.5 not in its grid" in t for t in (ax.get_title() for ax in fig.axes) if t)
+
+
+@pytest.mark.parametrize("case", ["not_a_dir", "no_runs", "unknown_format", "bad_json", "unknown_run"])
+def test_cli_bad_input_is_one_message_and_exit_2(case, results_small, tmp_path, capsys):
+    target = tmp_path / "r"
+    extra: list[str] = []
+    if case == "not_a_dir":
+        target.write_text("")
+        expect = "is not a directory"
+    elif case == "no_runs":
+        (target / "something").mkdir(parents=True)
+        expect = "is not a results directory"
+    else:
+        shutil.copytree(results_small, target)
+        config = target / "mobilenet_d1" / "config.json"
+        if case == "unknown_format":
+            config.write_text(json.dumps({**read(config), "results_format": 99}))
+            expect = "results_format 99 is not one this report reads"
+        elif case == "bad_json":
+            config.write_text("{")
+            expect = "not valid JSON"
+        else:
+            extra = ["--gradcam-run", "vgg16_d1", "--n-boot", "0", "--no-model-figures"]
+            expect = "no run 'vgg16_d1'"
+    code = report.main([str(target), "--out", str(tmp_path / "out"), *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("benchmark.report: error: ") and expect in err[0], err
