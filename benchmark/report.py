@@ -551,17 +551,29 @@ def _grid(n: int, ncols: int, panel: tuple[float, float]) -> tuple[Figure, np.nd
 CURVE_STYLE = {"loss": ("training loss", OKABE_ITO["blue"], "-"),
                "val_loss": ("validation loss", OKABE_ITO["vermillion"], "--"),
                "val_accuracy": ("validation accuracy", OKABE_ITO["green"], ":")}
+SELECTION_STYLE = (OKABE_ITO["purple"], "-.")
+
+
+def _curve_styles(run: Run) -> dict[str, tuple[str, str, str]]:
+    """The three curves of the paper, plus the selection metric when it is another one (e.g. macro-F1), so that the
+    selected epoch can be read off the figure."""
+    styles = dict(CURVE_STYLE)
+    metric = run.selection["metric"]
+    if metric not in styles and metric in run.history:
+        styles[metric] = (f"validation {_heading(metric.removeprefix('val_'))} (selection)", *SELECTION_STYLE)
+    return styles
 
 
 def fig3_curves(results: Results, lr: float | None = None, runs: Sequence[str] | None = None) -> Figure:
     """One panel per run: per-fold curves (faint) and their fold mean (bold) at the selected LR, or at `lr`.
 
-    Losses on the left axis, validation accuracy on the right (0-1); the dotted grey line marks the selected epoch
-    count when the panel shows the selected LR.
+    Losses on the left axis; validation accuracy (and the selection metric, if another) on the right (0-1); the
+    dotted grey line marks the selected epoch count when the panel shows the selected LR.
     """
     chosen = [results.get(n) for n in runs] if runs else _done_runs(results)
     fig, axes = _grid(len(chosen), 6, (3.0, 2.4))
     ncols = axes.shape[1]
+    legend: dict[str, tuple[str, str]] = {}
     for i, r in enumerate(chosen):
         ax = axes.flat[i]
         sel = r.selection
@@ -571,10 +583,11 @@ def fig3_curves(results: Results, lr: float | None = None, runs: Sequence[str] |
             ax.set_axis_off()
             ax.set_title(f"{r.label}\nLR {want:g} not in its grid", fontsize=8)
             continue
-        acc_ax = ax.twinx()
+        score_ax = ax.twinx()
         losses = []
-        for key, (_, colour, style) in CURVE_STYLE.items():
-            target = acc_ax if key == "val_accuracy" else ax
+        for key, (name, colour, style) in _curve_styles(r).items():
+            legend[name] = (colour, style)
+            target = ax if key in ("loss", "val_loss") else score_ax
             for _, fold in h.groupby("fold"):
                 target.plot(fold["epoch"], fold[key], color=colour, ls=style, lw=0.8, alpha=0.3)
             mean = h.groupby("epoch")[key].agg(["mean", "count"])
@@ -585,27 +598,28 @@ def fig3_curves(results: Results, lr: float | None = None, runs: Sequence[str] |
         loss = np.concatenate(losses)
         loss = loss[np.isfinite(loss)]
         if loss.size:
+            # a diverging fold would flatten every other curve: clip far outliers
             ax.set_ylim(0, max(1e-3, min(loss.max(), 3 * np.percentile(loss, 90))) * 1.05)
-        acc_ax.set_ylim(0, 1.02)
+        score_ax.set_ylim(0, 1.02)
         selected = np.isclose(want, sel["lr"], rtol=1e-9, atol=0)
         if selected:
             ax.axvline(sel["epochs"], color="0.5", ls=(0, (1, 2)), lw=1)
         ax.set_title(f"{r.label}\nLR {want:g}" + (" (selected)" if selected else ""), fontsize=8)
         ax.tick_params(labelsize=7)
-        acc_ax.tick_params(labelsize=7)
+        score_ax.tick_params(labelsize=7)
         ax.xaxis.get_major_locator().set_params(integer=True)
         col, last_row = i % ncols, i + ncols >= len(chosen)
         if col == 0:
             ax.set_ylabel("loss", fontsize=8)
         if col == ncols - 1 or i == len(chosen) - 1:
-            acc_ax.set_ylabel("validation accuracy", fontsize=8)
+            score_ax.set_ylabel("validation score", fontsize=8)
         if last_row:
             ax.set_xlabel("epoch", fontsize=8)
-    handles = [Line2D([], [], color=c, ls=s, lw=2, label=lbl) for lbl, c, s in CURVE_STYLE.values()]
+    handles = [Line2D([], [], color=c, ls=s, lw=2, label=name) for name, (c, s) in legend.items()]
     handles += [Line2D([], [], color="0.3", lw=0.8, alpha=0.4, label="one fold"),
                 Line2D([], [], color="0.3", lw=2, label="fold mean"),
                 Line2D([], [], color="0.5", ls=(0, (1, 2)), lw=1, label="selected epochs")]
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize=8, frameon=False)
     return fig
 
 
@@ -812,6 +826,7 @@ class CamGrid:
     images: dict[tuple[int, int], np.ndarray]
     gradcam: dict[tuple[int, int], np.ndarray]
     saliency: dict[tuple[int, int], np.ndarray]
+    layer: str                              # the CAM layer
     methods: tuple[str, str]
     max_output_diff: float
 
@@ -849,7 +864,7 @@ def cam_grid(run: Run, data: str | Path | None = None, samples: int = 20, seed: 
     recorded = preds[[f"p_{c}" for c in run.classes]].to_numpy(dtype=np.float64)
     diff = float(np.abs(model.predict(x, verbose=0) - recorded).max())
     return CamGrid(run, counts, picks, dict(zip(cells, x)), dict(zip(cells, maps.gradcam)),
-                   dict(zip(cells, maps.saliency)), (maps.gradcam_method, maps.saliency_method), diff)
+                   dict(zip(cells, maps.saliency)), layer, (maps.gradcam_method, maps.saliency_method), diff)
 
 
 def _grey(x: np.ndarray) -> np.ndarray:
@@ -902,8 +917,8 @@ def fig6_gradcam(grid: CamGrid) -> Figure:
         bar_fig.set_visible(False)
     note = (f"{run.label} (macro-F1 {run.metric('macro_f1'):.3f}). Rows: true class; columns: predicted class; "
             f"n: test images in the cell (the confusion matrix). Each cell: the image of median confidence, "
-            f"Grad-CAM ({grid.methods[0]}) on the CAM layer and SmoothGrad ({grid.methods[1]}), for the predicted "
-            f"class.")
+            f"Grad-CAM ({grid.methods[0]}) of layer {grid.layer} and SmoothGrad ({grid.methods[1]}), for the "
+            f"predicted class.")
     if grid.max_output_diff > 0.05:
         note += (f"\nWARNING: this model's outputs differ from test_predictions.csv by up to "
                  f"{grid.max_output_diff:.2f}: the maps may not be those of the run's model.")
