@@ -5,7 +5,8 @@
     table1_time.csv/.md            per run: feature pass, cross-validation, final fit, test time
     table2_test.csv/.md/.tex       test metrics per run in the paper's order, with patient-bootstrap 95 % CIs, the
                                    fold mean ± SD of the selection metric, monotone decoding and IN-range columns
-    fig3_curves.png/.pdf           training loss, validation loss and validation accuracy per fold and fold mean
+    fig3_curves.png/.pdf           training loss, validation loss, validation accuracy (and the selection metric)
+                                   per fold and their fold mean
     fig4_confusion.png/.pdf        confusion matrix of every run (counts and row fractions)
     fig4_selection.png/.pdf        2x2: best and worst run by test macro-F1 at depth 0 and depth 1
     fig5_tsne.png/.pdf             t-SNE of the pooled features of the test set          (model + dataset needed)
@@ -65,6 +66,7 @@ CLASS_METRICS = [("macro_f1", "macro F1"), ("auc_micro", "micro AUC"), ("auc_wei
                  ("accuracy", "accuracy"), ("soft_accuracy", "soft accuracy")]
 RANGE_METRICS = [("range_exact", "range exact"), ("range_within1", "range ±1"), ("boundary_mae", "boundary MAE")]
 LOWER_IS_BETTER = {"boundary_mae"}
+CONFIG_KEYS = ("backbone", "depth", "classes", "preprocessing")
 NO_AUC_PREFIX = "mono_"  # monotone decoding changes labels, not probabilities: its AUCs are the argmax ones
 
 
@@ -221,6 +223,9 @@ def load_results(path: str | Path) -> Results:
             raise BenchmarkInputError(
                 f"{d / 'config.json'}: results_format {fmt!r} is not one this report reads (it reads format "
                 f"{RESULTS_FORMAT}); report it with the code version that wrote it")
+        missing = [k for k in CONFIG_KEYS if k not in config]
+        if missing:
+            raise BenchmarkInputError(f"{d / 'config.json'}: missing {', '.join(missing)}")
         runs.append(Run(d, config))
     if not runs:
         raise BenchmarkInputError(f"{root} is not a results directory: no <run>/config.json in it (expected "
@@ -990,12 +995,14 @@ def build_parser() -> argparse.ArgumentParser:
                                              "(t-SNE and Grad-CAM only; checked against the recorded manifest hash)")
     p.add_argument("--lr", type=float, help="learning rate of the curves in fig3 (default: each run's selected LR)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for the CIs (default 1000; 0: none)")
-    p.add_argument("--jobs", type=int, default=1, help="processes for the bootstrap CIs, one run each (default 1)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="processes for the bootstrap CIs, one run at a time each (default: the CPU count, "
+                        f"{os.cpu_count()} here)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap, t-SNE and SmoothGrad noise")
     p.add_argument("--tsne-run", help="run(s) for fig5, comma-separated (default: the best by test macro-F1)")
     p.add_argument("--gradcam-run", help="run for fig6 (default: VGG16 at its better depth, else the best run)")
     p.add_argument("--smooth-samples", type=int, default=20, help="noisy copies per image for SmoothGrad (20)")
-    p.add_argument("--no-model-figures", action="store_true", help="skip fig5 and fig6 (no TensorFlow work)")
+    p.add_argument("--no-model-figures", action="store_true", help="skip fig5 and fig6 (no model loading)")
     return p
 
 

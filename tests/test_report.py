@@ -180,7 +180,7 @@ def test_model_figures_on_a_regenerated_model(results_with_model, tiny_synthetic
 
 def test_cli_writes_every_table_and_the_figures(results_small, tmp_path, capsys):
     out = tmp_path / "report"
-    assert report.main([str(results_small), "--out", str(out), "--n-boot", "20", "--data",
+    assert report.main([str(results_small), "--out", str(out), "--n-boot", "20", "--jobs", "1", "--data",
                         str(tmp_path / "no-data")]) == 0
     printed = capsys.readouterr().out
     for name in ("table1_time.csv", "table1_time.md", "table2_test.csv", "table2_test.md", "table2_test.tex",
@@ -203,7 +203,7 @@ def test_fig3_at_another_learning_rate(results):
     assert all("LR 0.5 not in its grid" in t for t in (ax.get_title() for ax in fig.axes) if t)
 
 
-@pytest.mark.parametrize("case", ["not_a_dir", "no_runs", "unknown_format", "bad_json", "unknown_run"])
+@pytest.mark.parametrize("case", ["not_a_dir", "no_runs", "unknown_format", "bad_json", "missing_key", "unknown_run"])
 def test_cli_bad_input_is_one_message_and_exit_2(case, results_small, tmp_path, capsys):
     target = tmp_path / "r"
     extra: list[str] = []
@@ -222,6 +222,9 @@ def test_cli_bad_input_is_one_message_and_exit_2(case, results_small, tmp_path, 
         elif case == "bad_json":
             config.write_text("{")
             expect = "not valid JSON"
+        elif case == "missing_key":
+            config.write_text(json.dumps({k: v for k, v in read(config).items() if k != "classes"}))
+            expect = "config.json: missing classes"
         else:
             extra = ["--gradcam-run", "vgg16_d1", "--n-boot", "0", "--no-model-figures"]
             expect = "no run 'vgg16_d1'"
