@@ -203,7 +203,8 @@ def test_fig3_at_another_learning_rate(results):
     assert all("LR 0.5 not in its grid" in t for t in (ax.get_title() for ax in fig.axes) if t)
 
 
-@pytest.mark.parametrize("case", ["not_a_dir", "no_runs", "unknown_format", "bad_json", "missing_key", "unknown_run"])
+@pytest.mark.parametrize("case", ["not_a_dir", "no_runs", "unknown_format", "bad_json", "missing_key", "unknown_run",
+                                  "none_finished"])
 def test_cli_bad_input_is_one_message_and_exit_2(case, results_small, tmp_path, capsys):
     target = tmp_path / "r"
     extra: list[str] = []
@@ -222,6 +223,10 @@ def test_cli_bad_input_is_one_message_and_exit_2(case, results_small, tmp_path, 
         elif case == "bad_json":
             config.write_text("{")
             expect = "not valid JSON"
+        elif case == "none_finished":
+            for done in target.glob("*/DONE"):
+                done.unlink()
+            expect = "no finished run"
         elif case == "missing_key":
             config.write_text(json.dumps({k: v for k, v in read(config).items() if k != "classes"}))
             expect = "config.json: missing classes"
