@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +24,7 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
+from data_prep.atomic import atomic_dir
 from data_prep.manifest import file_sha256
 
 from .data import Dataset, view_angle
@@ -161,9 +159,7 @@ def cached_outputs(prefix: keras.Model | None, ds: Dataset, prep: Preprocessing,
 
 def _build(prefix: keras.Model | None, ds: Dataset, prep: Preprocessing, views: Views, directory: Path, seed: int,
            rotation_deg: float, dtype: str, batch_size: int, describe: dict) -> None:
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
-    try:
+    with atomic_dir(directory) as tmp:
         shapes = output_shapes(prefix, prep)
         arrays = [np.lib.format.open_memmap(tmp / f"out{j}.npy", mode="w+", dtype=dtype, shape=(len(views), *shape))
                   for j, shape in enumerate(shapes)]
@@ -184,12 +180,6 @@ def _build(prefix: keras.Model | None, ds: Dataset, prep: Preprocessing, views: 
             files.append({"name": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)})
         meta = {"files": files, "n_views": len(views), "dtype": dtype, **describe}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def output_shapes(prefix: keras.Model | None, prep: Preprocessing) -> list[tuple[int, ...]]:

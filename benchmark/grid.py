@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import atomic
+from data_prep import atomic
 from .data import BenchmarkInputError, Dataset, make_folds, train_test_split
 from .profiles import Profile
 from .protocol import DONE, Experiment, ModelRun, run_name

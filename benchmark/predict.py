@@ -69,7 +69,7 @@ from data_prep.label import label_colours
 from data_prep.manifest import (MANIFEST, Stack, file_sha256, read_dataset_json, read_manifest,
                                write_dataset)
 
-from . import atomic
+from data_prep import atomic
 from .data import BenchmarkInputError, Dataset
 from .decode import IN, decode_stacks, in_range
 from .preprocess import Preprocessing, crop_resize, window

@@ -16,6 +16,7 @@ per-epoch path, `use_cache=False`); both run the same `train.fit`.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -30,7 +31,7 @@ import pandas as pd
 
 from data_prep.provenance import code_version, package_versions
 
-from . import atomic
+from data_prep import atomic
 from .cache import (CachedInputs, bank_views, bytes_per_view, cache_key, cached_outputs, depth0_start, plain_views,
                     split_model, weights_fingerprint)
 from .data import BenchmarkInputError, Dataset, ImageInputs, Slots, folds_frame, oversample_factors
@@ -39,7 +40,7 @@ from .metrics import classification_metrics, range_metrics
 from .preprocess import Preprocessing
 from .profiles import Profile
 from .registry import HEAD_DENSE, HEAD_OUT, BackboneSpec, build_model, head, resolve_weights, set_depth
-from .train import FitSettings, fit, predict
+from .train import FitSettings, Trainer, fit, predict
 
 RESULTS_FORMAT = 1
 DONE = "DONE"
@@ -101,6 +102,7 @@ class ModelRun:
         self.y_onehot = np.eye(len(self.classes), dtype=np.float32)[exp.ds.rows.y.to_numpy()]
         self._model: keras.Model | None = None
         self._input_state: tuple | None = None
+        self._trainer_obj: Trainer | None = None
         self.timing: dict[str, float] = {}
 
     # ---- configuration and provenance -------------------------------------------------------------------------
@@ -234,8 +236,12 @@ class ModelRun:
             self._set_head(_seeded_head(model, len(self.classes), self.profile.dropout,
                                         job_seed(self.exp.seed, self.name, job)))
         else:
-            d0 = ModelRun(self.exp, self.spec, 0)
-            self._set_head(d0.fold_head(fold) if fold is not None else d0.final_head())
+            self._set_head(self.depth0.fold_head(fold) if fold is not None else self.depth0.final_head())
+
+    @functools.cached_property
+    def depth0(self) -> "ModelRun":
+        """The depth-0 run of the same backbone, whose fold and final models depth-1 fits start from."""
+        return ModelRun(self.exp, self.spec, 0)
 
     def _set_head(self, weights: dict[str, list[np.ndarray]]) -> None:
         for name, w in weights.items():
@@ -244,23 +250,25 @@ class ModelRun:
     def _head_weights(self) -> dict[str, list[np.ndarray]]:
         return {n: self.model.get_layer(n).get_weights() for n in (HEAD_DENSE, HEAD_OUT)}
 
-    def _settings(self, lr: float, epochs: int, job: str) -> FitSettings:
-        p = self.profile
-        draws = self._inputs()[2]
-        return FitSettings(lr=lr, epochs=epochs, batch_size=p.batch_size, momentum=p.momentum,
-                           decay_rate=p.decay_rate, seed=job_seed(self.exp.seed, self.name, job, "data"),
-                           draws=draws)
+    def _trainer(self) -> Trainer:
+        if self._trainer_obj is None:
+            p = self.profile
+            self._trainer_obj = Trainer(self._inputs()[0], batch_size=p.batch_size, momentum=p.momentum,
+                                        decay_rate=p.decay_rate,
+                                        jit_compile=p.jit_compile_depth1 and self.depth == 1 and self.spec.pretrained)
+        return self._trainer_obj
 
     def _train(self, job: str, train_rows: np.ndarray, lr: float, epochs: int, fold: int | None,
                val_rows: np.ndarray | None):
-        trainable, inputs, _ = self._inputs()
+        _, inputs, draws = self._inputs()
         self._init_weights(job, fold)
         slots = Slots.build(self.exp.ds, train_rows, self.exp.factors)
         val_y = self.exp.ds.rows.y.to_numpy()[val_rows] if val_rows is not None else None
-        # the seed of a fit depends on the fold's data, not the LR: every LR of a fold sees the same batches
-        s = self._settings(lr, epochs, job if fold is None else f"fold{fold}")
-        return fit(trainable, inputs, slots, self.y_onehot, s, val_rows=val_rows, val_y=val_y, classes=self.classes,
-                   desc=f"{self.name} {job}")
+        # the data seed of a fit depends on the fold, not the LR: every LR of a fold sees the same batches
+        s = FitSettings(lr=lr, epochs=epochs, draws=draws,
+                        seed=job_seed(self.exp.seed, self.name, job if fold is None else f"fold{fold}", "data"))
+        return fit(self._trainer(), inputs, slots, self.y_onehot, s, val_rows=val_rows, val_y=val_y,
+                   classes=self.classes, desc=f"{self.name} {job}")
 
     def cv_job(self, lr: float, fold: int) -> pd.DataFrame:
         job = f"cv_lr{lr:g}_f{fold}"
@@ -394,7 +402,7 @@ class ModelRun:
         shutil.copyfile(self.exp.out / "folds.csv", self.dir / "folds.csv")
         t0 = time.perf_counter()
         if self.depth == 1:
-            ModelRun(self.exp, self.spec, 0).selection()  # depth-1 folds need the depth-0 selection
+            self.depth0.selection()  # depth-1 folds need the depth-0 selection
         self.selection()
         self.timing["cv_s"] = time.perf_counter() - t0
         metrics = self.test()

@@ -42,7 +42,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from . import atomic
+from data_prep import atomic
 from .data import BenchmarkInputError, Dataset
 from .grid import plan
 from .metrics import bootstrap_ci, classification_metrics, range_metrics, soft_correct

@@ -24,11 +24,10 @@ from .metrics import classification_metrics
 
 @dataclass(frozen=True)
 class FitSettings:
+    """What varies between the fits of one model (the optimiser's fixed settings live in the Trainer)."""
+
     lr: float
     epochs: int
-    batch_size: int
-    momentum: float
-    decay_rate: float
     seed: int
     draws: int | None  # views per slot to draw from (cached bank); None: a fresh draw per epoch
 
@@ -51,22 +50,49 @@ def epoch_plan(s: FitSettings, n_slots: int, epoch: int) -> tuple[np.ndarray, np
     return order, draws
 
 
+class InverseTimeDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """lr / (1 + decay_rate * step), Keras' InverseTimeDecay(lr, decay_steps=1, decay_rate) with lr a variable, so
+    one compiled training step serves every learning rate of a run."""
+
+    def __init__(self, decay_rate: float):
+        self.lr = keras.Variable(0.0, trainable=False, name="initial_learning_rate")
+        self.decay_rate = decay_rate
+
+    def __call__(self, step):
+        return self.lr / (1.0 + self.decay_rate * keras.ops.cast(step, "float32"))
+
+    def get_config(self):
+        return {"decay_rate": self.decay_rate}
+
+
 class Trainer:
     """SGD-Nesterov with InverseTimeDecay on categorical cross-entropy, one compiled step shared by both paths.
 
     The per-epoch path calls `step` once per batch from Python. The cached path runs a whole epoch in one compiled
     call that gathers each batch from the in-memory cache and calls the same step, so both paths apply identical
-    updates (and draw identical dropout masks) for identical batches.
+    updates (and draw identical dropout masks) for identical batches. One Trainer serves every fit of a model:
+    `reset` zeroes the optimizer, sets the learning rate and re-seeds dropout, so compiling (XLA included) happens
+    once per model and a fit's result depends only on its own settings, never on the fits before it.
     """
 
-    def __init__(self, model: keras.Model, s: FitSettings):
-        self.model, self.s = model, s
-        schedule = keras.optimizers.schedules.InverseTimeDecay(s.lr, decay_steps=1, decay_rate=s.decay_rate)
-        self.opt = keras.optimizers.SGD(schedule, momentum=s.momentum, nesterov=True)
+    def __init__(self, model: keras.Model, *, batch_size: int, momentum: float, decay_rate: float,
+                 jit_compile: bool = False):
+        self.model, self.batch_size = model, batch_size
+        self.schedule = InverseTimeDecay(decay_rate)
+        self.opt = keras.optimizers.SGD(self.schedule, momentum=momentum, nesterov=True)
         self.opt.build(model.trainable_variables)
         self.loss = keras.losses.CategoricalCrossentropy()
-        self.step = tf.function(self._step, reduce_retracing=True)
+        self.seed_generators = [g for layer in model.layers for g in [getattr(layer, "seed_generator", None)] if g]
+        self.step = tf.function(self._step, reduce_retracing=True, jit_compile=jit_compile)
         self._epoch = tf.function(self._epoch_fn, reduce_retracing=True)
+
+    def reset(self, s: FitSettings) -> None:
+        for v in self.opt.variables:
+            v.assign(np.zeros(v.shape, dtype=v.dtype))
+        self.schedule.lr.assign(s.lr)
+        for i, g in enumerate(self.seed_generators):
+            g.state.assign(np.array([s.seed, i], dtype=g.state.dtype))
+        self.s = s
 
     def _step(self, xs, y):
         with tf.GradientTape() as tape:
@@ -78,7 +104,7 @@ class Trainer:
 
     def _epoch_fn(self, arrays, y_all, positions, targets):
         n = tf.shape(positions)[0]
-        bs = self.s.batch_size
+        bs = self.batch_size
         total = tf.constant(0.0)
         for b in tf.range((n + bs - 1) // bs):
             pos = positions[b * bs:(b + 1) * bs]
@@ -93,8 +119,8 @@ class Trainer:
             return float(self._epoch(inputs.tensors, inputs.y_tensor(y_onehot), inputs.positions(rows, copies, draws),
                                      tf.constant(rows)))
         total = 0.0
-        for i in range(0, len(rows), self.s.batch_size):
-            sl = slice(i, i + self.s.batch_size)
+        for i in range(0, len(rows), self.batch_size):
+            sl = slice(i, i + self.batch_size)
             xs = inputs.batch(rows[sl], copies[sl], draws[sl])
             total += float(self.step([tf.constant(x) for x in xs], tf.constant(y_onehot[rows[sl]]))) * len(rows[sl])
         return total / len(rows)
@@ -108,16 +134,17 @@ def predict(model: keras.Model, xs: list[np.ndarray], batch_size: int = 64) -> n
     return np.concatenate(parts) if parts else np.zeros((0, model.output.shape[-1]), np.float32)
 
 
-def fit(model: keras.Model, inputs: Inputs, slots: Slots, y_onehot: np.ndarray, s: FitSettings, *,
+def fit(trainer: Trainer, inputs: Inputs, slots: Slots, y_onehot: np.ndarray, s: FitSettings, *,
         val_rows: np.ndarray | None = None, val_y: np.ndarray | None = None, classes: tuple[str, ...] = (),
         desc: str = "fit") -> tuple[pd.DataFrame, bool]:
-    """Train `model` in place. Returns (history per epoch, diverged).
+    """Train the trainer's model in place. Returns (history per epoch, diverged).
 
     y_onehot is indexed by row (the whole dataset); val_y holds class indices of the validation rows. A NaN or
     infinite training loss or validation output stops the fit and marks it diverged (its history is kept, selection
     skips it).
     """
-    trainer = Trainer(model, s)
+    trainer.reset(s)
+    model = trainer.model
     val_x = inputs.plain(val_rows) if val_rows is not None else None
     records: list[dict] = []
     diverged = False

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -27,6 +26,7 @@ import pandas as pd
 from matplotlib.backend_bases import KeyEvent, MouseEvent
 from matplotlib.figure import Figure
 
+from .atomic import atomic_write
 from .errors import DataPrepError
 from .manifest import (DATASET_JSON, MANIFEST, counts, dataset_classes, file_sha256, load_image,
                        read_dataset_json, read_manifest)
@@ -76,19 +76,17 @@ def parse_start(text: str) -> tuple[str, str]:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write beside the target and rename, so a crash leaves the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    """Replace the file whole, keeping its permissions: a crash leaves the old file or the new one."""
+    mode = path.stat().st_mode & 0o7777 if path.exists() else None
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        if mode is not None:
+            os.chmod(tmp, mode)
+    atomic_write(path, write)
 
 
 class LabelTool:

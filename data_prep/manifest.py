@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -24,6 +22,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from .atomic import atomic_dir
 from .errors import DataPrepError
 from .provenance import code_version
 
@@ -170,8 +169,7 @@ def write_dataset(out: str | os.PathLike, dataset: str, stacks: Iterable[Stack],
     """
     out = Path(out)
     _check_out_dir(out, overwrite)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent if str(out.parent) else "."))
-    try:
+    with atomic_dir(out) as tmp:
         (tmp / IMAGE_DIR).mkdir()
         rows: list[dict[str, Any]] = []
         evidence: list[dict[str, Any]] = []
@@ -208,12 +206,6 @@ def write_dataset(out: str | os.PathLike, dataset: str, stacks: Iterable[Stack],
             "orientation": evidence,
         }
         (tmp / DATASET_JSON).write_text(json.dumps(meta, indent=2, sort_keys=False, default=str) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

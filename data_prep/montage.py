@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
 import numpy as np  # noqa: E402
 
+from .atomic import atomic_write
 from .errors import DataPrepError  # noqa: E402
 from .manifest import load_image, read_manifest  # noqa: E402
 
@@ -116,18 +117,10 @@ def _panel(title: str, dataset_dir: str | os.PathLike, stacks: Sequence[tuple[st
 
 
 def _save_atomically(fig, out_png: Path) -> Path:
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    # a plain new file (not mkstemp's owner-only one) so the figure gets the usual permissions
-    tmp = out_png.with_name(f".{out_png.stem}.{os.getpid()}.partial.png")
     try:
-        fig.savefig(tmp, dpi=DPI, format="png", facecolor=BACKGROUND)
-        os.replace(tmp, out_png)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return atomic_write(out_png, lambda p: fig.savefig(p, dpi=DPI, format="png", facecolor=BACKGROUND))
     finally:
         plt.close(fig)
-    return out_png
 
 
 def _draw(panels: list[_Panel], out_png: str | os.PathLike) -> Path:

@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 
 from . import dicom_io
+from .atomic import atomic_write
 from .errors import DataPrepError
 from .manifest import Stack, write_dataset
 from .stacks import label_from_cavity
@@ -227,16 +228,10 @@ def render_contour_montage(src: str | Path, out_png: str | os.PathLike, contours
     fig.suptitle(f"{study.stacks[0].patient}: apex (left) -> base (right); red i-contour, green o-contour",
                  fontsize=10)
     fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.name}.partial")
     try:
-        fig.savefig(tmp, dpi=100, format="png")
-        os.replace(tmp, out_png)
+        return atomic_write(out_png, lambda p: fig.savefig(p, dpi=100, format="png"))
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return out_png
 
 
 def run(args: argparse.Namespace) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +15,6 @@ import pandas as pd
 import pytest
 
 from benchmark.__main__ import main
-from benchmark.data import Dataset
 from benchmark.grid import make_experiment
 from benchmark.profiles import get_profile
 from benchmark.protocol import ModelRun
