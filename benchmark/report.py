@@ -109,6 +109,12 @@ class Run:
         return self.network if self.depth == "scratch" else f"{self.network} d{self.depth}"
 
     @property
+    def title(self) -> str:
+        """The label for figures, flagging a pretrained network that ran without its ImageNet weights."""
+        random_init = self.depth != "scratch" and self.config.get("weights") == "none"
+        return f"{self.label} (random init)" if random_init else self.label
+
+    @property
     def classes(self) -> tuple[str, ...]:
         return tuple(self.config["classes"])
 
@@ -470,12 +476,12 @@ def table2_markdown(df: pd.DataFrame) -> str:
     for title, keys in _table2_groups(df):
         cv_name = _heading(df["cv_metric"].iat[0].removeprefix("val_")) if len(df) else ""
         extra = [f"CV {cv_name} (mean ± SD)"] if title.startswith("Test") else []
-        head = ["network", "depth"] + [_heading(k) for k in keys] + extra + \
+        head = ["network", "depth", "weights"] + [_heading(k) for k in keys] + extra + \
             ([f"n {c[len('support_'):].upper()}" for c in supports] if title.startswith("Test") else [])
         lines = [f"### {title}", ""] + _md_header(head)
         marks = {k: best_mask(df, k) for k in keys}
         for i, r in df.iterrows():
-            cells = [r.network, str(r.depth)]
+            cells = [r.network, str(r.depth), weights_short(r.weights)]
             for k in keys:
                 value = _num(r[k], 3)
                 cells.append((f"**{value}**" if marks[k][i] else value) + _ci_text(r[f"{k}_lo"], r[f"{k}_hi"]))
@@ -496,15 +502,16 @@ def table2_latex(df: pd.DataFrame) -> str:
     for title, keys in _table2_groups(df):
         marks = {k: best_mask(df, k) for k in keys}
         out += [r"\begin{table}[ht]", r"\centering", r"\scriptsize", f"\\caption{{{_tex(title)}}}",
-                r"\begin{tabular}{ll" + "c" * len(keys) + "}", r"\toprule",
-                " & ".join(["Network", "Depth"] + [_tex(_heading(k)) for k in keys]) + r" \\", r"\midrule"]
+                r"\begin{tabular}{lll" + "c" * len(keys) + "}", r"\toprule",
+                " & ".join(["Network", "Depth", "Weights"] + [_tex(_heading(k)) for k in keys]) + r" \\",
+                r"\midrule"]
         for i, r in df.iterrows():
-            values, cis = [_tex(r.network), _tex(str(r.depth))], ["", ""]
+            values, cis = [_tex(r.network), _tex(str(r.depth)), _tex(weights_short(r.weights))], ["", "", ""]
             for k in keys:
                 v = _num(r[k], 3)
                 values.append(f"\\textbf{{{v}}}" if marks[k][i] else v)
                 lo, hi = r[f"{k}_lo"], r[f"{k}_hi"]
-                cis.append("" if math.isnan(lo) else f"[{lo:.2f}, {hi:.2f}]")
+                cis.append("" if math.isnan(lo) else f"[{lo:.3f}, {hi:.3f}]")
             out.append(" & ".join(values) + r" \\")
             if any(cis):
                 out.append(" & ".join(cis) + r" \\[2pt]")
@@ -512,12 +519,24 @@ def table2_latex(df: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
+def weights_short(weights: str | None) -> str:
+    """config.json `weights` for a table cell: ImageNet, random init (a pretrained network run without its ImageNet
+    file), scratch (CBR), or the file name given with --weights PATH."""
+    if weights is None or weights == "imagenet":
+        return "ImageNet" if weights else "—"
+    if weights == "none":
+        return "random init"
+    if weights.startswith("none (trained from scratch)"):
+        return "scratch"
+    return Path(weights).name
+
+
 def _num(v, decimals: int) -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{decimals}f}"
 
 
 def _ci_text(lo: float, hi: float) -> str:
-    return "" if math.isnan(lo) else f" [{lo:.2f}, {hi:.2f}]"
+    return "" if math.isnan(lo) else f" [{lo:.3f}, {hi:.3f}]"
 
 
 def _md_header(head: list[str]) -> list[str]:
@@ -586,7 +605,7 @@ def fig3_curves(results: Results, lr: float | None = None, runs: Sequence[str] |
         h = r.history[np.isclose(r.history["lr"], want, rtol=1e-9, atol=0)]
         if h.empty:
             ax.set_axis_off()
-            ax.set_title(f"{r.label}\nLR {want:g} not in its grid", fontsize=8)
+            ax.set_title(f"{r.title}\nLR {want:g} not in its grid", fontsize=8)
             continue
         score_ax = ax.twinx()
         losses = []
@@ -609,7 +628,7 @@ def fig3_curves(results: Results, lr: float | None = None, runs: Sequence[str] |
         selected = np.isclose(want, sel["lr"], rtol=1e-9, atol=0)
         if selected:
             ax.axvline(sel["epochs"], color="0.5", ls=(0, (1, 2)), lw=1)
-        ax.set_title(f"{r.label}\nLR {want:g}" + (" (selected)" if selected else ""), fontsize=8)
+        ax.set_title(f"{r.title}\nLR {want:g}" + (" (selected)" if selected else ""), fontsize=8)
         ax.tick_params(labelsize=7)
         score_ax.tick_params(labelsize=7)
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -665,7 +684,7 @@ def fig4_confusion(results: Results) -> Figure:
     image = None
     for i, r in enumerate(runs):
         image = _draw_confusion(axes.flat[i], confusion(r), r.classes,
-                                f"{r.label}\nmacro-F1 {r.metric('macro_f1'):.3f}",
+                                f"{r.title}\nmacro-F1 {r.metric('macro_f1'):.3f}",
                                 xlabel=i + ncols >= len(runs), ylabel=i % ncols == 0, fontsize=7)
     fig.colorbar(image, ax=axes, shrink=0.6, label="fraction of the true class")
     return fig
@@ -706,7 +725,7 @@ def fig4_selection(results: Results) -> Figure:
                 continue
             caption, r = picks[j]
             image = _draw_confusion(ax, confusion(r), r.classes,
-                                    f"({next(letters)}) {caption}: {r.label}\nmacro-F1 {r.metric('macro_f1'):.3f}, "
+                                    f"({next(letters)}) {caption}: {r.title}\nmacro-F1 {r.metric('macro_f1'):.3f}, "
                                     f"accuracy {r.metric('accuracy'):.3f}", fontsize=9)
     fig.colorbar(image, ax=axes, shrink=0.6, label="fraction of the true class")
     return fig
@@ -805,7 +824,7 @@ def fig5_tsne(results: Results, runs: Sequence[str] | None = None, data: str | P
                        edgecolors="black", linewidths=1.0)
         ax.scatter([], [], s=22, c="white", marker="o", edgecolors="black", linewidths=1.0,
                    label=f"misclassified ({int(wrong.sum())})")
-        ax.set_title(f"{r.label}: pooled features of the test set\nmacro-F1 {r.metric('macro_f1'):.3f}",
+        ax.set_title(f"{r.title}: pooled features of the test set\nmacro-F1 {r.metric('macro_f1'):.3f}",
                      fontsize=9)
         ax.set_xlabel("t-SNE 1", fontsize=8)
         ax.set_ylabel("t-SNE 2", fontsize=8)
@@ -920,7 +939,7 @@ def fig6_gradcam(grid: CamGrid) -> Figure:
         bar_fig.colorbar(images["sal"], cax=bars[1], label="SmoothGrad")
     else:
         bar_fig.set_visible(False)
-    note = (f"{run.label} (macro-F1 {run.metric('macro_f1'):.3f}). Rows: true class; columns: predicted class; "
+    note = (f"{run.title} (macro-F1 {run.metric('macro_f1'):.3f}). Rows: true class; columns: predicted class; "
             f"n: test images in the cell (the confusion matrix). Each cell: the image of median confidence, "
             f"Grad-CAM ({grid.methods[0]}) of layer {grid.layer} and SmoothGrad ({grid.methods[1]}), for the "
             f"predicted class.")

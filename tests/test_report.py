@@ -119,11 +119,19 @@ def test_markdown_and_latex_mark_the_best(table2):
     # mobilenetv2 scores 1.000 at both depths: both rows bold; CBR-Tiny row has no bold macro F1
     v2 = [line for line in md.splitlines() if line.startswith("| MobileNetV2")]
     assert len(v2) == 4 and all("**1.000**" in line for line in v2)
+    head = next(line for line in md.splitlines() if line.startswith("| network"))
     cbr = next(line for line in md.splitlines() if line.startswith("| CBR-Tiny"))
-    assert "**" not in cbr.split("|")[6]
+    column = head.split("|").index(" macro F1 ")
+    assert cbr.split("|")[column].startswith(" 0.304 [") and "**" not in cbr.split("|")[column]
+    assert cbr.split("|")[3] == " scratch " and v2[0].split("|")[3] == " ImageNet "
     tex = report.table2_latex(table2)
     assert r"MobileNet $\alpha$0.25" in tex and r"\textbf{1.000}" in tex and r"\toprule" in tex
     assert tex.count(r"\begin{tabular}") == 2
+
+
+def test_weights_short():
+    assert [report.weights_short(w) for w in ("imagenet", "none", "none (trained from scratch)", "/w/x_notop.h5")] \
+        == ["ImageNet", "random init", "scratch", "x_notop.h5"]
 
 
 def test_check_predictions_agrees_and_detects_edits(results_small, results, tmp_path):
