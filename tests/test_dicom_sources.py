@@ -12,8 +12,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from dicom_factory import orientation_for, write_dicom
 
 from data_prep import cap, dicom, dicom_io, sunnybrook
 from data_prep.__main__ import main
@@ -24,48 +23,17 @@ APEX = np.array([1.0, -1.0, -1.0]) / np.sqrt(3.0)
 NAME, PID = "Doe^Jane", "MRN-778899"  # identifying values that must never reach an output
 
 
-def orientation_for(normal) -> list[float]:
-    """ImageOrientationPatient rows whose cross product is the given unit normal."""
-    normal = np.asarray(normal, dtype=float) / np.linalg.norm(normal)
-    helper = np.array([0.0, 0.0, 1.0]) if abs(normal[2]) < 0.9 else np.array([1.0, 0.0, 0.0])
-    row = np.cross(helper, normal)
-    row /= np.linalg.norm(row)
-    col = np.cross(normal, row)
-    return [*row.round(6), *col.round(6)]
-
-
 def write_image(path: Path, *, value: int, position, normal=APEX, trigger: float | None = 0.0, instance: int = 1,
                 patient_id: str = PID, study_uid: str = "1.2.3.4", series_uid: str = "1.2.3.4.5",
                 series_number: int = 7, spacing=(1.5, 1.5), orientation=None, pixels=None) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.preamble = b"\0" * 128
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate = NAME, patient_id, "19700101"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-    ds.SeriesNumber, ds.InstanceNumber, ds.Modality = series_number, instance, "MR"
-    ds.ImagePositionPatient = [round(float(x), 4) for x in position]
-    ds.ImageOrientationPatient = orientation if orientation is not None else orientation_for(normal)
-    ds.PixelSpacing = list(spacing)
-    if trigger is not None:
-        ds.TriggerTime = trigger
-    ds.Rows = ds.Columns = 16
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    pixels = np.full((16, 16), value) if pixels is None else pixels
-    ds.PixelData = np.asarray(pixels, dtype=np.uint16).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if int(pydicom.__version__.split(".")[0]) >= 3:
-        ds.save_as(path, enforce_file_format=True)
-    else:  # pydicom 2.4
-        ds.is_little_endian, ds.is_implicit_VR = True, False
-        ds.save_as(path, write_like_original=False)
-    return path
+    optional = {} if trigger is None else {"TriggerTime": trigger}
+    return write_dicom(
+        path, np.full((16, 16), value) if pixels is None else pixels,
+        PatientName=NAME, PatientID=patient_id, PatientBirthDate="19700101",
+        StudyInstanceUID=study_uid, SeriesInstanceUID=series_uid, SeriesNumber=series_number, InstanceNumber=instance,
+        ImagePositionPatient=[round(float(x), 4) for x in position],
+        ImageOrientationPatient=orientation if orientation is not None else orientation_for(normal),
+        PixelSpacing=list(spacing), **optional)
 
 
 def write_cine(folder: Path, n_pos: int = 4, n_phases: int = 3, normal=APEX, spacing_mm: float = 8.0,

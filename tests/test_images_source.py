@@ -9,10 +9,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from dicom_factory import write_dicom
 
 from data_prep import images, synthetic
 from data_prep.__main__ import main
@@ -161,29 +159,6 @@ def test_csv_single_images_get_unique_frames_and_keep_targets(phantom, tmp_path)
     assert (df["dataset"] == tmp_path.name).all()
 
 
-def write_dicom(path: Path, pixels: np.ndarray, spacing=(0.8, 0.8)) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta, ds.preamble = meta, b"\0" * 128
-    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.PatientName, ds.PatientID, ds.Modality = "Doe^Jane", "MRN-778899", "MR"
-    ds.PixelSpacing = list(spacing)
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if int(pydicom.__version__.split(".")[0]) >= 3:
-        ds.save_as(path, enforce_file_format=True)
-    else:  # pydicom 2.4
-        ds.is_little_endian, ds.is_implicit_VR = True, False
-        ds.save_as(path, write_like_original=False)
-    return path
-
-
 def test_mixed_formats_sizes_and_depths(tmp_path):
     rng = np.random.default_rng(0)
     src = tmp_path / "src"
@@ -201,7 +176,7 @@ def test_mixed_formats_sizes_and_depths(tmp_path):
     cv2.imwrite(str(src / "b" / "p2_colour.png"), colour)
     np.save(src / "b" / "p3_f32.npy", f32)
     np.save(src / "b" / "p3_chan.npy", u8[..., None])
-    write_dicom(src / "b" / "p4_x.dcm", dcm)
+    write_dicom(src / "b" / "p4_x.dcm", dcm, PatientName="Doe^Jane", PatientID="MRN-778899", PixelSpacing=[0.8, 0.8])
     (src / ".DS_Store").write_bytes(b"\0")  # hidden files are ignored
     out = images.build(src, tmp_path / "ds", patient_regex=r"^(p\d)_")
     df = read_manifest(out).set_index("source")

@@ -16,10 +16,9 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from dicom_factory import orientation_for, write_dicom  # noqa: E402
 from matplotlib.backend_bases import KeyEvent  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from pydicom.dataset import Dataset as DicomDataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid  # noqa: E402
 
 from benchmark import predict  # noqa: E402
 from benchmark.__main__ import main  # noqa: E402
@@ -57,38 +56,17 @@ def run_dir(tmp_path_factory) -> Path:
     return run
 
 
-def write_dicom(path: Path, pixels: np.ndarray, position, normal, trigger: float, instance: int) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = DicomDataset()
-    ds.file_meta, ds.preamble = meta, b"\0" * 128
-    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Doe^Jane", "MRN-778899", "19700101"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SeriesNumber = "1.2.3.4", "1.2.3.4.5", 7
-    ds.InstanceNumber, ds.Modality, ds.TriggerTime = instance, "MR", trigger
-    helper = np.array([0.0, 0.0, 1.0]) if abs(normal[2]) < 0.9 else np.array([1.0, 0.0, 0.0])
-    row = np.cross(helper, normal)
-    row /= np.linalg.norm(row)
-    ds.ImageOrientationPatient = [*row.round(6), *np.cross(normal, row).round(6)]
-    ds.ImagePositionPatient = [round(float(x), 4) for x in position]
-    ds.PixelSpacing = [1.5, 1.5]
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-
-
 def write_cine(folder: Path, n_pos: int = 5, n_phases: int = 2, normal=APEX_LPS) -> Path:
     """Positions k * 8 mm along the normal, so with the apex direction as normal the last position is the apex."""
     for k in range(n_pos):
         for ph in range(n_phases):
             instance = k * n_phases + ph + 1
+            position = np.array([10.0, -20.0, 30.0]) + 8.0 * k * np.asarray(normal)
             write_dicom(folder / f"IM{instance:04d}.dcm", disk(2 + k, 500 + 10 * ph),
-                        np.array([10.0, -20.0, 30.0]) + 8.0 * k * np.asarray(normal), normal, 40.0 * ph, instance)
+                        PatientName="Doe^Jane", PatientID="MRN-778899", PatientBirthDate="19700101",
+                        StudyInstanceUID="1.2.3.4", SeriesInstanceUID="1.2.3.4.5", SeriesNumber=7,
+                        InstanceNumber=instance, TriggerTime=40.0 * ph, ImageOrientationPatient=orientation_for(normal),
+                        ImagePositionPatient=[round(float(x), 4) for x in position], PixelSpacing=[1.5, 1.5])
     return folder
 
 
