@@ -38,13 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = p.parse_args(argv)
 
-    import tensorflow as tf
     from .grid import make_experiment, synthetic_default
     from .profiles import get_profile
     from .protocol import ModelRun
     from .registry import get_spec
 
-    tf.config.experimental.enable_op_determinism()
     profile = get_profile(args.profile)
     sizes = dict(profile.input_sizes)
     if args.input_size:
