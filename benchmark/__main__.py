@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true",
                    help="run the exact per-epoch path: the backbone sees every image in every epoch with a fresh "
                         "rotation, instead of training on cached features of a finite augmentation bank")
+    p.add_argument("--input", choices=["2d", "2.5d"], default="2d",
+                   help="2d: the slice in all three channels (the paper); 2.5d: apex-side neighbour, slice, base-side "
+                        "neighbour as the three channels (stack ends repeat the slice)")
     p.add_argument("--epochs", type=int, help="override the profile's epoch count")
     p.add_argument("--folds", type=int, help="override the profile's number of CV folds")
     p.add_argument("--force", action="store_true", help="redo runs that already finished in OUT")
@@ -87,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
     keras.utils.set_random_seed(args.seed)
     exp = make_experiment(data, profile, args.seed, args.out, args.weights or profile.weights,
                           use_cache=profile.cache and not args.no_cache, test_data=args.test_data,
-                          test_fraction=args.test_fraction, cache_dir=args.cache_dir)
+                          test_fraction=args.test_fraction, cache_dir=args.cache_dir, input_kind=args.input)
     summary = run_grid(exp, pairs, force=args.force)
     print(f"summary: {args.out / 'summary.csv'}")
     failed = summary[summary["status"] != "done"] if not summary.empty else summary

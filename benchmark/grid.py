@@ -59,7 +59,7 @@ def check_writable(out: Path) -> None:
 
 def make_experiment(data: Path, profile: Profile, seed: int, out: Path, weights: str, *, use_cache: bool,
                     test_data: Path | None = None, test_fraction: float | None = None,
-                    cache_dir: Path | None = None) -> Experiment:
+                    cache_dir: Path | None = None, input_kind: str = "2d") -> Experiment:
     ds = Dataset.load(data)
     test_ds = Dataset.load(test_data) if test_data else None
     if test_ds is not None and test_ds.classes != ds.classes:
@@ -73,7 +73,7 @@ def make_experiment(data: Path, profile: Profile, seed: int, out: Path, weights:
             "test_fraction": test_fraction}
     exp = Experiment(ds=ds, pool=pool, test=test, folds=folds, profile=profile, seed=seed, out=out,
                      cache_dir=cache_dir or out / "cache", weights=weights, use_cache=use_cache, test_ds=test_ds,
-                     data_desc=desc)
+                     data_desc=desc, input_kind=input_kind)
     exp.write_folds()
     return exp
 

@@ -71,6 +71,7 @@ class Experiment:
     use_cache: bool = True
     test_ds: Dataset | None = None
     data_desc: dict[str, Any] = field(default_factory=dict)
+    input_kind: str = "2d"            # 2d | 2.5d (neighbouring slices as channels)
 
     @property
     def augment(self) -> bool:
@@ -95,7 +96,7 @@ class ModelRun:
         self.name = run_name(spec, depth)
         self.dir = exp.out / self.name
         p = self.profile = exp.profile.for_backbone(spec)
-        self.prep = Preprocessing(p.input_size(spec), spec.preprocess_mode)
+        self.prep = Preprocessing(p.input_size(spec), spec.preprocess_mode, input_kind=exp.input_kind)
         self.weights_path = self._weights()
         self.lrs = p.lrs(depth, spec.pretrained)
         self.classes = exp.ds.classes

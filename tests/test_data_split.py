@@ -58,3 +58,18 @@ def test_view_angle_is_pure_and_bounded():
     assert all(-45 <= a <= 45 for a in angles) and len(set(angles)) == len(angles)
     assert view_angle(0, 1, 2, 3, 45.0) == view_angle(0, 1, 2, 3, 45.0)
     assert view_angle(0, 1, 2, 3, 0.0) == 0.0
+
+
+def test_2p5d_neighbours_follow_the_stack(ds):
+    """Channels are (slice - 1, slice, slice + 1) of the same stack; stack ends repeat the slice itself."""
+    rows = ds.rows
+    for i in (0, 1, int(rows.n_slices.iloc[0]) - 1):
+        apex, mid, base = ds.channels(i, "2.5d")
+        s = rows.slice.iloc[i]
+        same = rows[(rows.patient == rows.patient.iloc[i]) & (rows.frame == rows.frame.iloc[i])]
+
+        def expect(k):
+            return ds.native(int(same.index[same.slice == k][0])) if k in set(same.slice) else ds.native(i)
+        np.testing.assert_array_equal(mid, ds.native(i))
+        np.testing.assert_array_equal(apex, expect(s - 1))
+        np.testing.assert_array_equal(base, expect(s + 1))
