@@ -1,24 +1,43 @@
 """The notebooks run top to bottom (nbclient, python3 kernel) against the committed results fixture; a cell that
-raises fails the test. The model-dependent notebooks run on a copy of the fixture with regenerated (untrained)
-models and the regenerated dataset (conftest.results_with_model), so their figures are really drawn; what they
-print without a model is the library's FigureUnavailable message, tested in test_report.py (each notebook run
-costs a kernel start and a TensorFlow import, so the set is kept to one run per notebook)."""
+raises fails the test. The fixture has no model weights, so the t-SNE and Grad-CAM notebooks print why they skip
+those figures; the figures themselves are drawn in test_report.py from regenerated models
+(conftest.results_with_model).
+
+One kernel serves all notebooks (importing TensorFlow takes several seconds per kernel); its namespace is reset
+before each notebook, so a notebook that relied on another's variables would fail here."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import nbformat
+import pytest
+from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
-def execute(name: str, monkeypatch, **env: str) -> nbformat.NotebookNode:
-    # the kernel is a child process: it inherits these variables, which the notebooks' first cell reads
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+@pytest.fixture(scope="module")
+def kernel(results_small):
+    # the kernel process inherits this environment, which the notebooks' first cell reads
+    env = {"RESULTS": str(results_small), "N_BOOT": "20"}
+    km = KernelManager(kernel_name="python3")
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        km.start_kernel(cwd=str(NOTEBOOKS))
+    yield km
+    km.shutdown_kernel(now=True)
+
+
+def execute(name: str, km: KernelManager) -> nbformat.NotebookNode:
+    return run(nbformat.read(NOTEBOOKS / name, as_version=4), km)
+
+
+def run(nb: nbformat.NotebookNode, km: KernelManager) -> nbformat.NotebookNode:
+    nb.cells.insert(0, nbformat.v4.new_code_cell('get_ipython().run_line_magic("reset", "-f")'))
+    NotebookClient(nb, km=km, timeout=180, resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     return nb
 
 
@@ -42,26 +61,29 @@ def test_the_notebook_set():
         assert not any(cell.get("outputs") for cell in nb.cells), f"{p.name} is committed with outputs"
 
 
-def test_tables_notebook(results_small, monkeypatch):
-    nb = execute("01_tables.ipynb", monkeypatch, RESULTS=str(results_small), N_BOOT="20")
+def test_tables_notebook(kernel):
+    nb = execute("01_tables.ipynb", kernel)
     text = "\n".join(outputs(nb, "text"))
     assert "mobilenetv2_d1 (done)" in text and "'cbr_tiny': []" in text
 
 
-def test_curves_notebook(results_small, monkeypatch):
-    nb = execute("02_curves.ipynb", monkeypatch, RESULTS=str(results_small))
+def test_curves_notebook(kernel):
+    nb = execute("02_curves.ipynb", kernel)
     assert len(outputs(nb, "image")) == 2
 
 
-def test_confusion_tsne_notebook(results_with_model, tiny_synthetic, monkeypatch):
-    nb = execute("03_confusion_tsne.ipynb", monkeypatch, RESULTS=str(results_with_model), DATA=str(tiny_synthetic))
-    assert len(outputs(nb, "image")) == 3
-    assert "skipped" not in "\n".join(outputs(nb, "text"))
+def test_confusion_tsne_notebook(kernel):
+    nb = execute("03_confusion_tsne.ipynb", kernel)
+    assert len(outputs(nb, "image")) == 2  # confusion matrices and the good/poor selection
+    assert "t-SNE skipped: mobilenetv2_d0: no trained model" in "\n".join(outputs(nb, "text"))
 
 
-def test_gradcam_notebook(results_with_model, tiny_synthetic, monkeypatch):
-    nb = execute("04_gradcam.ipynb", monkeypatch, RESULTS=str(results_with_model), DATA=str(tiny_synthetic),
-                 SMOOTH_SAMPLES="2")
-    assert len(outputs(nb, "image")) == 1
-    assert "Grad-CAM by tf-keras-vis" in "\n".join(outputs(nb, "text"))
+def test_gradcam_notebook(kernel):
+    nb = execute("04_gradcam.ipynb", kernel)
+    assert "Grad-CAM skipped: mobilenetv2_d0: no trained model" in "\n".join(outputs(nb, "text"))
 
+
+def test_a_failing_cell_fails_and_namespaces_do_not_leak(kernel):
+    run(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("leak = 1")]), kernel)
+    with pytest.raises(CellExecutionError, match="NameError"):
+        run(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("leak")]), kernel)

@@ -181,9 +181,11 @@ def test_model_figures_on_a_regenerated_model(results_with_model, tiny_synthetic
     assert grid.max_output_diff > 0.05
     fig = report.fig6_gradcam(grid)
     assert "WARNING" in fig._suptitle.get_text()
-    # fig5 itself is drawn by the notebook test (03_confusion_tsne)
     feats, rows = report.pooled_features(run, data=tiny_synthetic)
     assert feats.shape == (len(rows), 1280) and len(rows) == run.metrics["n"]
+    fig = report.fig5_tsne(results, data=tiny_synthetic)
+    assert fig.axes[0].get_xlabel() == "t-SNE 1" and [t.get_text() for t in fig.axes[0].get_legend().get_texts()] \
+        == ["OAP (n=2)", "IN (n=52)", "OBS (n=2)", "misclassified (0)"]
 
 
 def test_cli_writes_every_table_and_the_figures(results_small, tmp_path, capsys):
