@@ -312,7 +312,7 @@ def _nanmean(values: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else float("nan")
 
 
-def test_intervals(run: Run, n_boot: int = 1000, seed: int = 0) -> dict[str, tuple[float, float]]:
+def bootstrap_intervals(run: Run, n_boot: int = 1000, seed: int = 0) -> dict[str, tuple[float, float]]:
     """Patient-bootstrap 95 % CI (metrics.bootstrap_ci, seeded) of every test metric in table 2, from the predictions.
 
     Every metric is resampled with the same seed, hence the same patients in replicate b for all metrics;
@@ -385,12 +385,12 @@ def metric_keys(classes: Sequence[str]) -> list[str]:
 
 
 def _intervals_job(run_dir: str, config: dict[str, Any], n_boot: int, seed: int):
-    return test_intervals(Run(Path(run_dir), config), n_boot, seed)
+    return bootstrap_intervals(Run(Path(run_dir), config), n_boot, seed)
 
 
 def all_intervals(runs: Sequence[Run], n_boot: int, seed: int, jobs: int = 1,
                   progress: bool = True) -> dict[str, dict[str, tuple[float, float]]]:
-    """test_intervals of each run, in `jobs` worker processes when > 1 (the bootstrap is CPU-bound Python).
+    """bootstrap_intervals of each run, in `jobs` worker processes when > 1 (the bootstrap is CPU-bound Python).
 
     Workers are spawned, not forked: the parent may hold TensorFlow threads, which do not survive a fork.
     """
@@ -401,7 +401,7 @@ def all_intervals(runs: Sequence[Run], n_boot: int, seed: int, jobs: int = 1,
     out: dict[str, dict[str, tuple[float, float]]] = {}
     if jobs <= 1 or len(runs) == 1:
         for r in runs:
-            out[r.name] = test_intervals(r, n_boot, seed)
+            out[r.name] = bootstrap_intervals(r, n_boot, seed)
             bar.update()
     else:
         import multiprocessing

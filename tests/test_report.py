@@ -70,9 +70,9 @@ def test_cis_contain_the_point_estimate(table2):
 
 def test_cis_are_seeded(results):
     run = results.get("cbr_tiny")
-    a = report.test_intervals(run, n_boot=50, seed=1)
-    assert a == report.test_intervals(run, n_boot=50, seed=1)
-    assert a != report.test_intervals(run, n_boot=50, seed=2)
+    a = report.bootstrap_intervals(run, n_boot=50, seed=1)
+    assert a == report.bootstrap_intervals(run, n_boot=50, seed=1)
+    assert a != report.bootstrap_intervals(run, n_boot=50, seed=2)
     lo, hi = a["macro_f1"]
     assert 0 <= lo < hi <= 1
 
