@@ -285,7 +285,8 @@ class ModelRun:
         atomic.write_csv(d / "history.csv", hist)
         atomic.write_json(d / "job.json", {"seconds": time.perf_counter() - t0, "diverged": diverged})
         atomic.write_text(d / DONE, "")
-        return hist
+        # selection must see the same numbers whether a job ran now or in an earlier, interrupted process
+        return pd.read_csv(d / "history.csv")
 
     def cv(self) -> pd.DataFrame:
         parts = [self.cv_job(lr, k) for lr in self.lrs for k in range(len(self.exp.folds))]
