@@ -365,13 +365,12 @@ class ModelRun:
             trainable, inputs, _ = self._inputs()
             proba = predict(trainable, inputs.plain(rows))
             check = rows[:8]
-            direct = self.model.predict(np.stack([ds.make_input(r, self.prep) for r in check]), verbose=0)
+            direct = predict(self.model, [np.stack([ds.make_input(r, self.prep) for r in check])])
             if not np.allclose(direct, proba[:len(check)], atol=5e-2):
                 raise RuntimeError(f"{self.name}: the exported model disagrees with the cached path on test images "
                                    f"(max diff {np.abs(direct - proba[:len(check)]).max():.3g})")
         else:
-            proba = self.model.predict(np.stack([ds.make_input(r, self.prep) for r in rows]), batch_size=64,
-                                       verbose=0)
+            proba = predict(self.model, [np.stack([ds.make_input(r, self.prep) for r in rows])])
         self.timing["test_s"] = time.perf_counter() - t0
         return self._write_test(ds, rows, proba)
 
