@@ -77,10 +77,14 @@ def _run(args: argparse.Namespace) -> int:
     from .data import BenchmarkInputError
     from .grid import check_writable, make_experiment, plan, run_grid, synthetic_default
     from .profiles import get_profile
+    from .registry import choose_weights, get_spec
     profile = get_profile(args.profile).with_overrides(epochs=args.epochs, n_folds=args.folds)
     if profile.epochs < 1 or profile.n_folds < 2:
         raise BenchmarkInputError("--epochs must be >= 1 and --folds >= 2")
     pairs = plan([b.strip() for b in args.backbone.split(",") if b.strip()], args.depth)
+    for key, _ in pairs:  # a missing weights file stops everything before any data is read or work is done
+        spec = get_spec(key)
+        choose_weights(spec, args.weights or profile.weights, profile.for_backbone(spec).input_size(spec))
     check_writable(args.out)
     data = args.data or synthetic_default(profile.synthetic_patients)
     import keras

@@ -39,7 +39,7 @@ from .decode import decode_stacks
 from .metrics import classification_metrics, range_metrics
 from .preprocess import Preprocessing
 from .profiles import Profile
-from .registry import HEAD_DENSE, HEAD_OUT, BackboneSpec, build_model, head, resolve_weights, set_depth
+from .registry import HEAD_DENSE, HEAD_OUT, BackboneSpec, build_model, choose_weights, head, set_depth
 from .train import FitSettings, Trainer, fit, predict
 
 RESULTS_FORMAT = 1
@@ -108,12 +108,8 @@ class ModelRun:
 
     # ---- configuration and provenance -------------------------------------------------------------------------
     def _weights(self) -> str | None:
-        choice = self.exp.weights
-        if choice == "auto":
-            from .registry import weights_available
-            choice = "imagenet" if weights_available(self.spec) else "none"
-        self.weights_choice = choice if self.spec.pretrained else "none (trained from scratch)"
-        return resolve_weights(self.spec, choice, self.prep.input_size)
+        self.weights_choice, path = choose_weights(self.spec, self.exp.weights, self.prep.input_size)
+        return path
 
     def config(self) -> dict[str, Any]:
         return {

@@ -122,6 +122,15 @@ def weights_available(spec: BackboneSpec) -> bool:
     return spec.pretrained and (keras_cache_dir() / spec.weights_file).is_file()
 
 
+def choose_weights(spec: BackboneSpec, weights: str, input_size: int) -> tuple[str, str | None]:
+    """(what a run records as its weights, what the Keras constructor gets) for `--weights`, `auto` included."""
+    if not spec.pretrained:
+        return "none (trained from scratch)", None
+    if weights == "auto":
+        weights = "imagenet" if weights_available(spec) else "none"
+    return weights, resolve_weights(spec, weights, input_size)
+
+
 def _cbr_backbone(spec: BackboneSpec, inputs: keras.KerasTensor) -> keras.KerasTensor:
     kernel, filters = spec.cbr
     x = inputs
