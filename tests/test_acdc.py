@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import label_volumes
+
 from data_prep.__main__ import main
 from data_prep.acdc import read_acdc
 from data_prep.manifest import load_image, read_dataset_json, read_manifest
@@ -26,15 +28,7 @@ H, W = 12, 10  # not square, so a wrong transpose cannot go unnoticed
 
 
 def mask_from_areas(areas):
-    """A (slice, H, W) mask whose slice k holds the (LV cavity, myocardium, RV) pixel counts areas[k]."""
-    mask = np.zeros((len(areas), H, W), dtype=np.uint8)
-    for k, counts in enumerate(areas):
-        flat = mask[k].reshape(-1)
-        start = 0
-        for value, n in zip((3, 2, 1), counts):
-            flat[start:start + n] = value
-            start += n
-    return mask
+    return label_volumes.mask_from_areas(areas, (H, W))
 
 
 def stack_apex_to_base():

@@ -5,18 +5,12 @@ import numpy as np
 import pytest
 
 from data_prep.orientation import apex_first, relative_trend
+from label_volumes import mask_from_areas
 
 
 def volume(lv, myo, rv, shape=(10, 10)):
     """A label volume whose slice k has lv[k] LV-cavity, myo[k] myocardium and rv[k] RV pixels."""
-    vol = np.zeros((len(lv), *shape), dtype=np.uint8)
-    for k, counts in enumerate(zip(lv, myo, rv)):
-        flat = vol[k].reshape(-1)
-        start = 0
-        for value, n in zip((3, 2, 1), counts):
-            flat[start:start + n] = value
-            start += n
-    return vol
+    return mask_from_areas(list(zip(lv, myo, rv)), shape)
 
 
 # base first: cavity shrinks, myocardium tapers, RV vanishes, a myocardial cap beyond the last cavity slice
