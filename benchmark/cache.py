@@ -53,6 +53,10 @@ class Views:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def __add__(self, other: "Views") -> "Views":
+        return Views(*(np.concatenate([a, b]) for a, b in zip((self.rows, self.copies, self.draws),
+                                                               (other.rows, other.copies, other.draws))))
+
 
 def plain_views(rows: np.ndarray) -> Views:
     rows = np.asarray(rows, dtype=np.int64)

@@ -44,6 +44,7 @@ from .train import FitSettings, Trainer, fit, predict
 
 RESULTS_FORMAT = 1
 DONE = "DONE"
+N_HEAD_ARRAYS = 2  # kernel and bias of each head Dense layer
 
 
 def job_seed(*parts: Any) -> int:
@@ -196,7 +197,7 @@ class ModelRun:
             prefix, trainable = None, model
         per_view = bytes_per_view(prefix, p.cache_dtype, self.prep)
         views = bank_views(exp.ds, exp.pool, exp.factors, p.bank_views, exp.augment)
-        views = _concat(views, plain_views(exp.test))
+        views = views + plain_views(exp.test)
         need = per_view * len(views) * 3  # on disk, plus the float32 copy training reads from memory
         if need > p.cache_budget_gb * 2**30:
             print(f"{self.name}: cache would need {need / 2**30:.1f} GiB (> cache_budget_gb "
@@ -314,18 +315,18 @@ class ModelRun:
             train()
             self._save_head(d)
         with np.load(d / "head.npz") as z:
-            return {n: [z[f"{n}/{i}"] for i in range(len([k for k in z.files if k.startswith(n + "/")]))]
-                    for n in (HEAD_DENSE, HEAD_OUT)}
+            return {n: [z[f"{n}/{i}"] for i in range(N_HEAD_ARRAYS)] for n in (HEAD_DENSE, HEAD_OUT)}
 
     def _save_head(self, d: Path) -> None:
         arrays = {f"{n}/{i}": w for n, ws in self._head_weights().items() for i, w in enumerate(ws)}
-        atomic.atomic_write(d / "head.npz", lambda p: np.savez(open(p, "wb"), **arrays))
+        atomic.atomic_write(d / "head.npz", lambda p: np.savez(p, **arrays))
         atomic.write_text(d / DONE, "")
 
     def final(self) -> keras.Model:
         d = self._job_dir("final")
         model_path = self.dir / "model" / "model.keras"
-        if (d / DONE).is_file() and model_path.is_file():
+        if (d / DONE).is_file() and model_path.is_file():  # finished by an earlier, interrupted process
+            self.model.set_weights(keras.models.load_model(model_path, compile=False).get_weights())
             return self.model
         sel = self.selection()
         t0 = time.perf_counter()
@@ -343,8 +344,7 @@ class ModelRun:
 
     def _export(self, directory: Path) -> None:
         """A self-contained model directory: the Keras model plus everything `predict` needs to use it."""
-        atomic.atomic_write(directory / "model.keras", lambda p: self.model.save(p.with_suffix(".keras")) or
-                            p.with_suffix(".keras").replace(p))
+        atomic.atomic_write(directory / "model.keras", self.model.save)
         atomic.write_json(directory / "model.json", {
             "results_format": RESULTS_FORMAT, "backbone": self.spec.key, "depth": self.depth,
             "classes": list(self.classes), "preprocessing": self.prep.key(), "code_version": code_version(),
@@ -410,14 +410,9 @@ class ModelRun:
 
 def _seeded_head(model: keras.Model, n_classes: int, dropout: float, seed: int) -> dict[str, list[np.ndarray]]:
     """Initial head weights for a seed, built on a throwaway input of the pooled width."""
-    width = model.get_layer(HEAD_DENSE).input.shape[-1]
-    fresh = keras.Model(*(lambda i: (i, head(i, n_classes, dropout=dropout, seed=seed)))(keras.Input((width,))))
+    pooled = keras.Input((model.get_layer(HEAD_DENSE).input.shape[-1],))
+    fresh = keras.Model(pooled, head(pooled, n_classes, dropout=dropout, seed=seed))
     return {n: fresh.get_layer(n).get_weights() for n in (HEAD_DENSE, HEAD_OUT)}
-
-
-def _concat(a, b):
-    from .cache import Views
-    return Views(*(np.concatenate([x, y]) for x, y in zip((a.rows, a.copies, a.draws), (b.rows, b.copies, b.draws))))
 
 
 def _job_seconds(run_dir: Path) -> dict[str, float]:

@@ -168,3 +168,15 @@ def test_bad_input_one_clear_message(case, tiny_synthetic, tmp_path, capsys, mon
     assert err.count("error:") == 1
     if case != "unwritable_out":
         assert not list((tmp_path / "out").glob("*/DONE"))
+
+
+def test_resume_after_the_final_fit_uses_the_saved_model(tiny_synthetic, tmp_path):
+    """Killed after the final model was saved but before the test: the resumed test uses the saved model."""
+    exp = make_experiment(tiny_synthetic, tiny_profile(epochs=2), 0, tmp_path, "none", use_cache=True,
+                          test_fraction=0.25)
+    first = ModelRun(exp, get_spec("mobilenet"), 0).run()
+    run_dir = tmp_path / "mobilenet_d0"
+    for name in ("DONE", "test_metrics.json", "test_predictions.csv"):
+        (run_dir / name).unlink()
+    again = ModelRun(exp, get_spec("mobilenet"), 0).run()
+    assert json.dumps(again, sort_keys=True) == json.dumps(first, sort_keys=True)
