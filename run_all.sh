@@ -6,7 +6,7 @@
 #
 # Creates ./.venv on first use (pip install -e .), uses ../shared/weights/keras as the Keras weights cache when it
 # exists and KERAS_HOME is not set, runs `python -m benchmark --backbone all --depth both`, and writes
-# OUT/summary.csv and OUT/summary.md (OUT defaults to results/<profile>_<data name>).
+# OUT/summary.csv and OUT/summary.md (OUT defaults to results/runs/<profile>_<data name>, not tracked by git).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -50,7 +50,7 @@ fi
 if [ -z "$out" ]; then
   name=synthetic
   [ -n "$data" ] && name=$(basename "$data")
-  out="results/${profile}_${name}"
+  out="results/runs/${profile}_${name}"
 fi
 args=(--backbone all --depth both --profile "$profile" --out "$out")
 [ -n "$data" ] && args+=(--data "$data")

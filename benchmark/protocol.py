@@ -132,11 +132,15 @@ class ModelRun:
             "versions": package_versions(),
         }
 
-    def _identity(self) -> dict[str, Any]:
-        """The part of config.json that must match for results on disk to be reused."""
-        c = json.loads(json.dumps(self.config(), default=str))  # as it reads back from config.json
-        return {k: c[k] for k in ("results_format", "run", "weights", "weights_file", "preprocessing", "profile",
-                                  "seed", "data", "classes", "cached_path")}
+    @staticmethod
+    def _identity(config: dict[str, Any]) -> dict[str, Any]:
+        """The part of a config.json that must match for results on disk to be reused."""
+        c = json.loads(json.dumps(config, default=str))  # as it reads back from config.json
+        data = {k: v for k, v in c.get("data", {}).items() if k != "path"}  # the same data may live elsewhere
+        if data.get("test_data"):
+            data["test_data"] = data["test_data"].get("manifest_sha256")
+        return {**{k: c.get(k) for k in ("results_format", "run", "weights", "weights_file", "preprocessing",
+                                         "profile", "seed", "classes", "cached_path")}, "data": data}
 
     def check_dir(self, force: bool) -> bool:
         """True if this run is already complete. Refuses a directory made with other settings unless forced."""
@@ -149,8 +153,8 @@ class ModelRun:
                 raise BenchmarkInputError(
                     f"{self.dir} was written by results format {old.get('results_format')} (this code writes "
                     f"{RESULTS_FORMAT}); use another --out or --force to redo it")
-            mine = self._identity()
-            diff = [k for k in mine if old.get(k) != mine[k]]
+            mine, theirs = self._identity(self.config()), self._identity(old)
+            diff = [k for k in mine if theirs[k] != mine[k]]
             if diff:
                 raise BenchmarkInputError(f"{self.dir} holds a run made with other settings ({', '.join(diff)}); "
                                           f"use another --out, or --force to redo it")

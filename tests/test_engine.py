@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -180,3 +181,27 @@ def test_resume_after_the_final_fit_uses_the_saved_model(tiny_synthetic, tmp_pat
         (run_dir / name).unlink()
     again = ModelRun(exp, get_spec("mobilenet"), 0).run()
     assert json.dumps(again, sort_keys=True) == json.dumps(first, sort_keys=True)
+
+
+def test_results_from_other_settings_are_refused(tiny_synthetic, tmp_path):
+    """A run directory is reused only for the same settings; the data may have moved, its content may not change."""
+    from data_prep import atomic
+    from benchmark.data import BenchmarkInputError
+
+    def run_for(seed, data=tiny_synthetic):
+        exp = make_experiment(data, tiny_profile(), seed, tmp_path / "out", "none", use_cache=True,
+                              test_fraction=0.25)
+        return ModelRun(exp, get_spec("mobilenet"), 0)
+
+    first = run_for(0)
+    atomic.write_json(first.dir / "config.json", first.config())
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_synthetic, moved)
+    assert run_for(0, moved).check_dir(force=False) is False  # same content elsewhere: resumable, not done
+    with pytest.raises(BenchmarkInputError, match=r"other settings \(.*seed"):
+        run_for(1).check_dir(force=False)
+    cfg = json.loads((first.dir / "config.json").read_text())
+    cfg["results_format"] = 0
+    (first.dir / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(BenchmarkInputError, match="results format 0"):
+        run_for(0).check_dir(force=False)
