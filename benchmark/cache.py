@@ -5,8 +5,8 @@ depth 1 it is everything before the last convolutional block and the cache holds
 
 Views. Validation and test rows get their single un-augmented view. Training rows get an *augmentation bank*: each
 training slot (a row, or one oversampled copy of an OAP/OBS row) has K rotated views, and every epoch draws one of
-them per slot. The per-epoch path (`--no-cache`) instead draws a fresh rotation every epoch; both use
-`data.view_angle`, so with K >= epochs the two paths see exactly the same angles.
+them per slot. The per-epoch path (`--no-cache`) instead draws a fresh rotation every epoch. Both take their angles
+from `data.view_angle`, and without augmentation both train on exactly the same inputs (a test).
 
 Cache files live in <cache_dir>/<key>/ as .npy (memory-mapped on load) plus meta.json with shapes and sha256 per
 file. The key hashes the backbone, its weights file, the preprocessing, the dataset manifest, the view list and the

@@ -81,7 +81,8 @@ class Dataset:
         return self.rows.loc[idx, ["patient", "frame", "slice"]].reset_index(drop=True)
 
 
-def stratified_group_split(y: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def stratified_group_split(y: np.ndarray, groups: np.ndarray, n_splits: int,
+                           seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Seeded patient-grouped folds, stratified by class as far as the groups allow."""
     n_groups = len(np.unique(groups))
     if n_groups < n_splits:

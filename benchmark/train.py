@@ -1,9 +1,9 @@
 """One fit: SGD-Nesterov over training slots for a number of epochs, validated after every epoch.
 
 The same Trainer trains a head on cached features, a last block on cached prefix tensors, or a whole network on
-images (the per-epoch path): only the `Inputs` differ. Each epoch's slot order and view draws come from (seed, epoch) alone, so a
-fit of E epochs reproduces the first E epochs of a longer fit with the same seed exactly (used to rebuild the
-depth-0 fold models that depth-1 folds start from, instead of storing every epoch's weights).
+images (the per-epoch path): only the `Inputs` differ. Each epoch's slot order and view draws come from
+(seed, epoch) alone, so a fit of E epochs reproduces the first E epochs of a longer fit with the same seed exactly
+(used to rebuild the depth-0 fold models that depth-1 folds start from, instead of storing every epoch's weights).
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ class FitSettings:
 
 
 class Inputs(Protocol):
-    """Where a fit's inputs come from: cached tensors held in memory, or images made batch by batch."""
+    """Where a fit's inputs come from: cached tensors held in memory (`in_memory`; then also `tensors`,
+    `positions(rows, copies, draws)` and `y_tensor(y_onehot)` for compiled epochs), or images made batch by batch."""
 
     in_memory: bool
 
