@@ -48,6 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="override the profile's epoch count")
     p.add_argument("--folds", type=int, help="override the profile's number of CV folds")
     p.add_argument("--force", action="store_true", help="redo runs that already finished in OUT")
+    x = p.add_argument_group("executing the job graph (CV fits, selection, fold models, final fit, test)")
+    x.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local (default): this machine; ray: Ray tasks on a local instance or the cluster at "
+                        "--address (pip install '.[ray]'; OUT, --data and the cache must be on storage every node "
+                        "sees)")
+    x.add_argument("--workers", type=int, default=1,
+                   help="jobs at once: 1 (default) runs them in this process in order; N > 1 uses N worker "
+                        "processes (local) or caps the jobs in flight (ray). Results do not depend on it")
+    x.add_argument("--address", help="Ray cluster address (e.g. 10.0.0.5:6379 after `ray start --head` there); "
+                                     "default: start a private local instance")
     return p
 
 
@@ -76,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from .data import BenchmarkInputError
     from .grid import check_writable, make_experiment, plan, run_grid, synthetic_default
+    from .jobs import make_executor
     from .profiles import get_profile
     from .registry import choose_weights, get_spec
     profile = get_profile(args.profile).with_overrides(epochs=args.epochs, n_folds=args.folds)
@@ -95,7 +106,8 @@ def _run(args: argparse.Namespace) -> int:
     exp = make_experiment(data, profile, args.seed, args.out, args.weights or profile.weights,
                           use_cache=profile.cache and not args.no_cache, test_data=args.test_data,
                           test_fraction=args.test_fraction, cache_dir=args.cache_dir, input_kind=args.input)
-    summary = run_grid(exp, pairs, force=args.force)
+    with make_executor(args.executor, args.workers, args.address) as executor:
+        summary = run_grid(exp, pairs, force=args.force, executor=executor)
     print(f"summary: {args.out / 'summary.csv'}")
     failed = summary[summary["status"] != "done"] if not summary.empty else summary
     return 1 if len(failed) else 0

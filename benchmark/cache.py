@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,7 +170,7 @@ def _build(prefix: keras.Model | None, ds: Dataset, prep: Preprocessing, views: 
                   for j, shape in enumerate(shapes)]
         angles = views.angles(seed, rotation_deg)
         for start in tqdm(range(0, len(views), batch_size), desc="feature pass", unit="batch", leave=False,
-                          disable=None):
+                          disable=bool(os.environ.get("TQDM_DISABLE")) or None):  # jobs.py sets it in workers
             sl = slice(start, start + batch_size)
             x = np.stack([ds.make_input(r, prep, a) for r, a in zip(views.rows[sl], angles[sl])])
             y = x if prefix is None else prefix.predict_on_batch(x)

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,8 @@ import pandas as pd
 from data_prep import atomic
 from .data import BenchmarkInputError, Dataset, make_folds, train_test_split
 from .profiles import Profile
-from .protocol import DONE, Experiment, ModelRun, run_name
+from .jobs import Executor, InProcess, run_jobs
+from .protocol import DONE, Experiment, run_name
 from .registry import BACKBONES, CBR, PRETRAINED, get_spec
 
 SUMMARY_COLUMNS = ["run", "backbone", "name", "depth", "weights", "status", "f1_oap", "f1_in", "f1_obs", "macro_f1",
@@ -78,27 +77,18 @@ def make_experiment(data: Path, profile: Profile, seed: int, out: Path, weights:
     return exp
 
 
-def run_grid(exp: Experiment, pairs: list[tuple[str, int]], force: bool = False) -> pd.DataFrame:
-    """Run each model in turn; a failing model is recorded (error.txt) and the grid goes on.
+def run_grid(exp: Experiment, pairs: list[tuple[str, int]], force: bool = False,
+             executor: Executor | None = None) -> pd.DataFrame:
+    """Run the grid's job graph (jobs.py) on an executor (default: this process), then write the summary.
 
-    Weights are resolved for every run first, so a missing weights file stops the grid before any work.
+    A model whose job fails twice is recorded (<run>/error.txt) and the grid goes on; bad input stops it.
     """
-    runs = [ModelRun(exp, get_spec(key), depth) for key, depth in pairs]
-    for i, run in enumerate(runs, 1):
-        name = run.name
-        print(f"[{i}/{len(pairs)}] {name}", flush=True)
-        t0 = time.perf_counter()
-        try:
-            m = run.run(force=force)
-            print(f"[{i}/{len(pairs)}] {name}: macro-F1 {m['macro_f1']:.3f}, accuracy {m['accuracy']:.3f} "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
-        except (BenchmarkInputError, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # one model's failure must not stop the grid; the error is kept on disk
-            (exp.out / name).mkdir(parents=True, exist_ok=True)
-            atomic.write_text(exp.out / name / "error.txt", traceback.format_exc())
-            print(f"[{i}/{len(pairs)}] {name}: FAILED: {exc} (see {exp.out / name / 'error.txt'})",
-                  file=sys.stderr, flush=True)
+    if executor is None:
+        with InProcess() as executor:
+            return run_grid(exp, pairs, force, executor)
+    failed = run_jobs(exp, pairs, executor, force=force)
+    for name in failed:
+        print(f"{name}: FAILED (see {exp.out / name / 'error.txt'})", file=sys.stderr, flush=True)
     return write_summary(exp.out)
 
 
@@ -117,8 +107,7 @@ def write_summary(out: Path) -> pd.DataFrame:
             row.update(status="done", **{k: v for k, v in m.items() if not isinstance(v, (dict, list))})
             row.update(selected_lr=sel["lr"], selected_epochs=sel["epochs"], cv_metric=sel["cv_mean"],
                        cv_sd=sel["cv_sd"], diverged_lrs=" ".join(f"{x:g}" for x in sel["diverged_lrs"]),
-                       cv_seconds=timing.get("cv_s"), total_seconds=sum(timing.get(k, 0) for k in
-                                                                         ("cv_s", "final_s", "test_s")))
+                       cv_seconds=timing.get("cv_s"), total_seconds=timing.get("total_s"))
         else:
             row["status"] = "failed" if (d / "error.txt").is_file() else "incomplete"
         rows.append(row)

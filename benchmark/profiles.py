@@ -59,7 +59,12 @@ class Profile:
         return asdict(self)
 
     def with_overrides(self, **kw: Any) -> "Profile":
-        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+        """This profile with fields set; a field set here applies to every run (its per_backbone values go)."""
+        kw = {k: v for k, v in kw.items() if v is not None}
+        if "per_backbone" not in kw:
+            per = {key: {f: v for f, v in over.items() if f not in kw} for key, over in self.per_backbone.items()}
+            kw["per_backbone"] = {key: over for key, over in per.items() if over}
+        return replace(self, **kw)
 
 
 # what may differ between the models of one grid; data-level fields (folds, split, augmentation) may not
@@ -70,19 +75,18 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
     Profile("paper", "Ho & Kim 2021: paper input sizes, 3 LRs x 5 folds x 50 epochs, batch 32, oversample 6, "
                      "rotation ±45°, ImageNet weights required."),
     Profile("quick", "The paper's protocol shrunk so all 21 models run on the synthetic default in well under 20 "
-                     "minutes on 2 CPU cores: 20 phantom patients, 3 folds, 8 epochs, 2 LRs per grid (1e-2, 1e-3 at "
-                     "depth 0 and for CBR; 1e-3, 1e-4 at depth 1), one bank view per training slot, inputs of "
-                     "32-64 px (75/71 px, the minimum, for the Inception family and Xception), Xception's depth-1 grid "
-                     "1e-3 only; the CBR baselines "
-                     "(all layers trained, slow on CPU) get 3 epochs, LR 1e-2 only, and 32/16 px inputs. ImageNet weights "
-                     "where present, random otherwise (recorded per run).",
-            epochs=8, n_folds=3,
-            lr_depth0=(1e-2, 1e-3), lr_depth1=(1e-3, 1e-4), lr_cbr=(1e-2, 1e-3),
+                     "minutes on 2 CPU cores: 20 phantom patients, 3 folds, 5 epochs, LR grid {1e-2, 1e-3} at depth "
+                     "0 and {1e-3} at depth 1, one bank view per training slot, inputs of 32-64 px (75/71 px, the "
+                     "minimum, for the Inception family and Xception); the CBR baselines (all layers trained, slow "
+                     "on CPU) get 2 epochs, LR 1e-2 and 16 px inputs. ImageNet weights where present, random "
+                     "otherwise (recorded per run).",
+            epochs=5, n_folds=3,
+            lr_depth0=(1e-2, 1e-3), lr_depth1=(1e-3,), lr_cbr=(1e-2,),
             bank_views=1, weights="auto", synthetic_patients=20,
-            input_sizes={"mobilenet": 64, "mobilenetv2": 64, "vgg16": 64, "inceptionv3": 75, "resnet50v2": 32,
+            input_sizes={"mobilenet": 64, "mobilenetv2": 64, "vgg16": 32, "inceptionv3": 75, "resnet50v2": 32,
                          "inceptionresnetv2": 75, "densenet121": 32, "nasnetmobile": 32, "xception": 71,
-                         "cbr_large_t": 32, "cbr_small": 16, "cbr_tiny": 16},
-            per_backbone={"cbr": {"epochs": 3, "lr_cbr": (1e-2,)}, "xception": {"lr_depth1": (1e-3,)}}),
+                         "cbr_large_t": 16, "cbr_small": 16, "cbr_tiny": 16},
+            per_backbone={"cbr": {"epochs": 2}}),
 ]}
 
 

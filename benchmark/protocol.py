@@ -39,7 +39,7 @@ from .decode import decode_stacks
 from .metrics import classification_metrics, range_metrics
 from .preprocess import Preprocessing
 from .profiles import Profile
-from .registry import HEAD_DENSE, HEAD_OUT, BackboneSpec, build_model, choose_weights, head, set_depth
+from .registry import BACKBONES, HEAD_DENSE, HEAD_OUT, BackboneSpec, build_model, choose_weights, head, set_depth
 from .train import FitSettings, Trainer, fit, predict
 
 RESULTS_FORMAT = 1
@@ -142,6 +142,16 @@ class ModelRun:
         return {**{k: c.get(k) for k in ("results_format", "run", "weights", "weights_file", "preprocessing",
                                          "profile", "seed", "classes", "cached_path")}, "data": data}
 
+    def prepare(self, force: bool) -> bool:
+        """Check the run directory (check_dir) and, unless the run is complete, start it: config.json, folds.csv."""
+        if self.check_dir(force):
+            return True
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(self.dir / "config.json", self.config())
+        shutil.copyfile(self.exp.out / "folds.csv", self.dir / "folds.csv")
+        (self.dir / "error.txt").unlink(missing_ok=True)  # from an earlier attempt; this one starts afresh
+        return False
+
     def check_dir(self, force: bool) -> bool:
         """True if this run is already complete. Refuses a directory made with other settings unless forced."""
         cfg_path = self.dir / "config.json"
@@ -223,6 +233,30 @@ class ModelRun:
     def _job_dir(self, name: str) -> Path:
         return self.dir / "jobs" / name
 
+    def marker(self, step: str, lr: float | None = None, fold: int | None = None) -> Path:
+        return self.marker_of(self.exp, self.spec.key, self.depth, step, lr, fold)
+
+    @staticmethod
+    def marker_of(exp: Experiment, backbone: str, depth: int, step: str, lr: float | None = None,
+                  fold: int | None = None) -> Path:
+        """The file whose presence says a job is complete (it is written last, after the job's outputs)."""
+        run_dir = exp.out / run_name(BACKBONES[backbone], depth)
+        return {"features": lambda: run_dir / "jobs" / "features" / DONE,
+                "cv": lambda: run_dir / "jobs" / f"cv_lr{lr:g}_f{fold}" / DONE,
+                "select": lambda: run_dir / "selection.json",
+                "foldinit": lambda: run_dir / "jobs" / f"foldinit_f{fold}" / DONE,
+                "final": lambda: run_dir / "jobs" / "final" / DONE,
+                "test": lambda: run_dir / DONE}[step]()
+
+    def features(self) -> None:
+        """Compute (or load) what the fits of this run read, before the CV jobs fan out."""
+        t0 = time.perf_counter()
+        self._inputs()
+        d = self._job_dir("features")
+        atomic.write_json(d / "job.json", {"seconds": time.perf_counter() - t0,
+                                           "cache_bytes_per_view": self.timing.get("cache_bytes_per_view")})
+        atomic.write_text(d / DONE, "")
+
     def _init_weights(self, job: str, fold: int | None) -> None:
         """Reset the trainable part for a job: initial (ImageNet) block weights and the job's head start."""
         model = self.model
@@ -275,7 +309,7 @@ class ModelRun:
     def cv_job(self, lr: float, fold: int) -> pd.DataFrame:
         job = f"cv_lr{lr:g}_f{fold}"
         d = self._job_dir(job)
-        if (d / DONE).is_file():
+        if self.marker("cv", lr, fold).is_file():
             return pd.read_csv(d / "history.csv")
         t0 = time.perf_counter()
         tr, va = self.exp.folds[fold]
@@ -316,7 +350,9 @@ class ModelRun:
     def _saved_head(self, job: str, train) -> dict[str, list[np.ndarray]]:
         d = self._job_dir(job)
         if not (d / DONE).is_file():
+            t0 = time.perf_counter()
             train()
+            atomic.write_json(d / "job.json", {"seconds": time.perf_counter() - t0})
             self._save_head(d)
         with np.load(d / "head.npz") as z:
             return {n: [z[f"{n}/{i}"] for i in range(N_HEAD_ARRAYS)] for n in (HEAD_DENSE, HEAD_OUT)}
@@ -337,9 +373,8 @@ class ModelRun:
         hist, diverged = self._train("final", self.exp.pool, sel["lr"], sel["epochs"], None, None)
         if diverged:
             raise RuntimeError(f"{self.name}: the final fit diverged at LR {sel['lr']}")
-        self.timing["final_s"] = time.perf_counter() - t0
         atomic.write_csv(d / "history.csv", hist)
-        atomic.write_json(d / "job.json", {"seconds": self.timing["final_s"]})
+        atomic.write_json(d / "job.json", {"seconds": time.perf_counter() - t0})
         self._export(model_path.parent)
         if self.spec.pretrained:
             self._save_head(d)
@@ -371,8 +406,9 @@ class ModelRun:
                                    f"(max diff {np.abs(direct - proba[:len(check)]).max():.3g})")
         else:
             proba = predict(self.model, [np.stack([ds.make_input(r, self.prep) for r in rows])])
-        self.timing["test_s"] = time.perf_counter() - t0
-        return self._write_test(ds, rows, proba)
+        metrics = self._write_test(ds, rows, proba)
+        atomic.write_json(self._job_dir("test") / "job.json", {"seconds": time.perf_counter() - t0})
+        return metrics
 
     def _write_test(self, ds: Dataset, rows: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
         y = ds.rows.y.to_numpy()[rows]
@@ -395,21 +431,23 @@ class ModelRun:
         return metrics
 
     # ---- the whole run ---------------------------------------------------------------------------------------------
-    def run(self, force: bool = False) -> dict[str, Any]:
-        if self.check_dir(force):
-            return atomic.read_json(self.dir / "test_metrics.json")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        atomic.write_json(self.dir / "config.json", self.config())
-        shutil.copyfile(self.exp.out / "folds.csv", self.dir / "folds.csv")
-        t0 = time.perf_counter()
-        if self.depth == 1:
-            self.depth0.selection()  # depth-1 folds need the depth-0 selection
-        self.selection()
-        self.timing["cv_s"] = time.perf_counter() - t0
+    def test_job(self) -> dict[str, Any]:
+        """The last job: test, then timing.json and the run's DONE marker."""
         metrics = self.test()
-        atomic.write_json(self.dir / "timing.json", {**self.timing, **_job_seconds(self.dir)})
+        atomic.write_json(self.dir / "timing.json", job_seconds(self.dir))
         atomic.write_text(self.dir / DONE, "")
         return metrics
+
+    def run(self, force: bool = False) -> dict[str, Any]:
+        """This run's jobs in order, in this process (jobs.py runs whole grids, on any executor)."""
+        if not self.prepare(force):
+            if self.depth == 1:
+                self.depth0.selection()  # depth-1 folds need the depth-0 selection
+            if self.cacheable:
+                self.features()
+            self.selection()
+            self.test_job()
+        return atomic.read_json(self.dir / "test_metrics.json")
 
 
 def _seeded_head(model: keras.Model, n_classes: int, dropout: float, seed: int) -> dict[str, list[np.ndarray]]:
@@ -419,10 +457,21 @@ def _seeded_head(model: keras.Model, n_classes: int, dropout: float, seed: int) 
     return {n: fresh.get_layer(n).get_weights() for n in (HEAD_DENSE, HEAD_OUT)}
 
 
-def _job_seconds(run_dir: Path) -> dict[str, float]:
-    total = {"cv_jobs_s": 0.0}
-    for p in (run_dir / "jobs").glob("cv_*/job.json"):
-        total["cv_jobs_s"] += atomic.read_json(p)["seconds"]
+TIMED_STEPS = {"features": "feature_pass_s", "cv": "cv_s", "foldinit": "foldinit_s", "final": "final_s",
+               "test": "test_s"}
+
+
+def job_seconds(run_dir: Path) -> dict[str, float]:
+    """Seconds per step of a run, summed over its jobs' job.json (whichever process or machine ran them).
+
+    A job finished by an earlier, interrupted process counts with the time it took then."""
+    total = {key: 0.0 for key in TIMED_STEPS.values()}
+    for p in (run_dir / "jobs").glob("*/job.json"):
+        info = atomic.read_json(p)
+        total[TIMED_STEPS[p.parent.name.split("_")[0]]] += info["seconds"]
+        if "cache_bytes_per_view" in info:
+            total["cache_bytes_per_view"] = info["cache_bytes_per_view"]
+    total["total_s"] = sum(total[k] for k in TIMED_STEPS.values())
     return total
 
 

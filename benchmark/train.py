@@ -8,6 +8,7 @@ images (the per-epoch path): only the `Inputs` differ. Each epoch's slot order a
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -149,7 +150,8 @@ def fit(trainer: Trainer, inputs: Inputs, slots: Slots, y_onehot: np.ndarray, s:
     val_x = inputs.plain(val_rows) if val_rows is not None else None
     records: list[dict] = []
     diverged = False
-    for epoch in tqdm(range(s.epochs), desc=desc, unit="epoch", leave=False, disable=None):
+    for epoch in tqdm(range(s.epochs), desc=desc, unit="epoch", leave=False,
+                      disable=bool(os.environ.get("TQDM_DISABLE")) or None):
         loss = trainer.run_epoch(inputs, slots, y_onehot, epoch)
         rec = {"epoch": epoch + 1, "loss": loss}
         proba = predict(model, val_x) if val_x is not None and math.isfinite(loss) else None

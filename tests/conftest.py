@@ -1,9 +1,14 @@
 """Fixtures shared by the test modules."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -21,6 +26,30 @@ def tiny_synthetic(tmp_path_factory) -> Path:
     """A small phantom dataset (8 patients, 16 stacks) for end-to-end tests of the benchmark."""
     from data_prep import synthetic
     return synthetic.generate(tmp_path_factory.mktemp("data") / "tiny", patients=8, seed=3)
+
+
+# the tiny grid the engine and job-graph tests run: 2 models at both depths + a CBR baseline, 2 epochs, 2 folds
+TINY_GRID = ["--backbone", "mobilenet,cbr_tiny", "--depth", "both", "--profile", "quick", "--epochs", "2",
+             "--folds", "2", "--weights", "none", "--test-fraction", "0.25"]
+
+
+def cli(args, env_extra=None, **kw) -> subprocess.Popen:
+    """`python -m benchmark ARGS` in a child process (output merged into stdout, text)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "benchmark", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+@pytest.fixture(scope="session")
+def tiny_grid(tiny_synthetic, tmp_path_factory) -> tuple[list[str], Path, str]:
+    """(arguments, results directory, output) of one uninterrupted run of TINY_GRID on the local executor: the
+    reference that interrupted, resumed and parallel runs must reproduce."""
+    args = [*TINY_GRID, "--data", str(tiny_synthetic)]
+    out = tmp_path_factory.mktemp("grid") / "uninterrupted"
+    proc = cli([*args, "--out", str(out)])
+    stdout, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stdout
+    return args, out, stdout
 
 
 RESULTS_SMALL = Path(__file__).resolve().parent / "fixtures" / "results_small"

@@ -1,0 +1,346 @@
+"""The run grid as an explicit job graph, and the executors that run it.
+
+Jobs of one model run (protocol.ModelRun), with what each needs first:
+
+    features          the frozen part's outputs for the augmentation bank (cached path only)
+    cv lr k           features; at depth 1 also <backbone>_d0 foldinit k (the depth-0 model of the same fold)
+    select            every cv job of the run
+    foldinit k        depth 0, when depth 1 of the backbone is planned: select
+    final             select; at depth 1 also <backbone>_d0 final
+    test              final; writes test metrics, timing.json and the run's DONE marker
+
+Every job writes its output atomically with a completion marker (protocol.ModelRun.marker), so a re-run skips
+what is done and redoes what is not, and a job's result depends only on its inputs and seed (protocol.job_seed):
+which executor ran it, in which process and in which order, does not enter. Executors:
+
+    local, --workers 1   in this process, in the paper's order (progress bars shown)
+    local, --workers N   N spawned worker processes
+    ray                  Ray tasks on a local instance or a cluster (--address); results on shared storage
+
+A job that raises is retried once; if it fails again its run is marked failed (<run>/error.txt) and the jobs that
+need it are skipped, while the rest of the grid goes on. Bad input and an unwritable or full disk stop the grid.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import queue
+import signal
+import sys
+import time
+import traceback
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from data_prep import atomic
+from .data import BenchmarkInputError
+from .protocol import Experiment, ModelRun, run_name
+from .registry import get_spec
+
+RETRIES = 1
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+@dataclass(frozen=True, order=True)
+class Job:
+    backbone: str
+    depth: int
+    step: str                # features | cv | select | foldinit | final | test
+    lr: float | None = None
+    fold: int | None = None
+
+    @property
+    def run(self) -> str:
+        return run_name(get_spec(self.backbone), self.depth)
+
+    def __str__(self) -> str:
+        detail = (f" lr {self.lr:g}" if self.lr is not None else "") + (f" fold {self.fold}"
+                                                                        if self.fold is not None else "")
+        return f"{self.run} {self.step}{detail}"
+
+
+def with_dependencies(pairs: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """Depth-1 runs start from depth-0 models, so a planned depth 1 brings its depth 0 along (before it)."""
+    out: list[tuple[str, int]] = []
+    for key, depth in pairs:
+        if depth == 1 and (key, 0) not in pairs and (key, 0) not in out:
+            out.append((key, 0))
+        out.append((key, depth))
+    return out
+
+
+def build_graph(exp: Experiment, pairs: list[tuple[str, int]]) -> "OrderedDict[Job, tuple[Job, ...]]":
+    """Job -> the jobs it needs, in the order a single process runs them (the paper's model order)."""
+    graph: OrderedDict[Job, tuple[Job, ...]] = OrderedDict()
+    pairs = with_dependencies(pairs)
+    folds = range(len(exp.folds))
+    for key, depth in pairs:
+        spec = get_spec(key)
+        lrs = exp.profile.for_backbone(spec).lrs(depth, spec.pretrained)
+        features = (Job(key, depth, "features"),) if exp.use_cache else ()
+        for job in features:
+            graph[job] = ()
+        cv = []
+        for lr in lrs:
+            for k in folds:
+                job = Job(key, depth, "cv", lr, k)
+                graph[job] = features + ((Job(key, 0, "foldinit", fold=k),) if depth == 1 else ())
+                cv.append(job)
+        select = Job(key, depth, "select")
+        graph[select] = tuple(cv)
+        if depth == 0 and (key, 1) in pairs:
+            for k in folds:
+                graph[Job(key, 0, "foldinit", fold=k)] = (select,)
+        final = Job(key, depth, "final")
+        graph[final] = (select,) + ((Job(key, 0, "final"),) if depth == 1 else ())
+        graph[Job(key, depth, "test")] = (final,)
+    return graph
+
+
+# ---- running one job (in whichever process the executor chose) -----------------------------------------------------
+STEPS: dict[str, Callable[[ModelRun, Job], Any]] = {
+    "features": lambda run, job: run.features(),
+    "cv": lambda run, job: run.cv_job(job.lr, job.fold),
+    "select": lambda run, job: run.selection(),
+    "foldinit": lambda run, job: run.fold_head(job.fold),
+    "final": lambda run, job: run.final(),
+    "test": lambda run, job: run.test_job(),
+}
+
+
+class _Worker:
+    """A process's experiments and model runs, kept between jobs so that images are read and a model is built and
+    compiled once per process, not once per job. An experiment is known by its output directory (one per grid).
+
+    Only the most recent runs are kept: a model run holds its network and cached tensors in memory."""
+
+    keep_runs = 3
+
+    def __init__(self) -> None:
+        self.experiments: dict[str, Experiment] = {}
+        self.runs: OrderedDict[tuple[str, str, int], ModelRun] = OrderedDict()
+
+    def run_for(self, exp: Experiment, job: Job) -> ModelRun:
+        exp = self.experiments.setdefault(str(exp.out), exp)
+        key = (str(exp.out), job.backbone, job.depth)
+        if key not in self.runs:
+            self.runs[key] = ModelRun(exp, get_spec(job.backbone), job.depth)
+            while len(self.runs) > self.keep_runs:
+                self.runs.popitem(last=False)
+        self.runs.move_to_end(key)
+        return self.runs[key]
+
+
+_WORKER = _Worker()
+
+
+def execute(exp: Experiment, job: Job) -> float:
+    """Run one job unless its marker says it is done; returns the seconds it took (0 when skipped).
+
+    Worker processes receive the Experiment pickled: the dataset's rows and the split, not its images."""
+    run = _WORKER.run_for(exp, job)
+    if run.marker(job.step, job.lr, job.fold).is_file():
+        return 0.0
+    t0 = time.perf_counter()
+    STEPS[job.step](run, job)
+    return time.perf_counter() - t0
+
+
+def _quiet_worker() -> None:
+    """Worker processes print no progress bars (they would interleave); the driver prints one line per job."""
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when workers stop
+
+
+def _remote_execute(exp: Experiment, job: Job) -> float:
+    _quiet_worker()
+    return execute(exp, job)
+
+
+# ---- executors: where jobs run ------------------------------------------------------------------------------------
+class Executor:
+    """Runs jobs asynchronously: submit() starts one, completed() yields (job, seconds or exception) as they end."""
+
+    slots = 1
+
+    def submit(self, exp: Experiment, job: Job) -> None:
+        raise NotImplementedError
+
+    def completed(self) -> Iterator[tuple[Job, float | BaseException]]:
+        raise NotImplementedError
+
+    def close(self, cancel: bool = False) -> None:
+        """Release workers; with cancel, jobs in flight are abandoned (their markers were never written)."""
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        self.close(cancel=kind is not None)
+
+
+class InProcess(Executor):
+    def __init__(self) -> None:
+        self.pending: list[tuple[Experiment, Job]] = []
+
+    def submit(self, exp, job):
+        self.pending.append((exp, job))
+
+    def completed(self):
+        exp, job = self.pending.pop(0)
+        try:
+            yield job, execute(exp, job)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001  the scheduler records, retries or stops on it
+            yield job, exc
+
+
+class ProcessPool(Executor):
+    def __init__(self, workers: int) -> None:
+        import multiprocessing
+        self.slots = workers
+        # spawn, not fork: TensorFlow's thread pools do not survive a fork
+        self.pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_quiet_worker)
+        self.done: queue.Queue = queue.Queue()
+
+    def submit(self, exp, job):
+        self.pool.apply_async(execute, (exp, job), callback=lambda s: self.done.put((job, s)),
+                              error_callback=lambda e: self.done.put((job, e)))
+
+    def completed(self):
+        yield self.done.get()
+
+    def close(self, cancel=False):
+        if cancel:
+            self.pool.terminate()
+        else:
+            self.pool.close()
+        self.pool.join()
+
+
+class RayExecutor(Executor):
+    def __init__(self, address: str | None, workers: int | None) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise BenchmarkInputError("--executor ray needs Ray: pip install '.[ray]'") from None
+        self.ray = ray
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            else:  # a private local instance, reachable from this machine only
+                ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+        resources = ray.cluster_resources()
+        # one GPU per job where the cluster has GPUs, else one CPU per job (TensorFlow threads within it)
+        options = {"num_gpus": 1, "num_cpus": 1} if resources.get("GPU", 0) >= 1 else {"num_cpus": 1}
+        self.remote = ray.remote(max_retries=0, **options)(_remote_execute)
+        self.slots = workers or max(1, int(resources.get("GPU", 0) or resources.get("CPU", 1)))
+        self.inflight: dict[Any, Job] = {}
+
+    def submit(self, exp, job):
+        self.inflight[self.remote.remote(exp, job)] = job
+
+    def completed(self):
+        ready, _ = self.ray.wait(list(self.inflight), num_returns=1)
+        job = self.inflight.pop(ready[0])
+        try:
+            yield job, self.ray.get(ready[0])
+        except self.ray.exceptions.RayError as exc:
+            yield job, exc.as_instanceof_cause() if isinstance(exc, self.ray.exceptions.RayTaskError) else exc
+
+    def close(self, cancel=False):
+        if cancel:
+            for ref in self.inflight:
+                self.ray.cancel(ref, force=True)
+
+
+def make_executor(name: str, workers: int, address: str | None) -> Executor:
+    if workers < 1:
+        raise BenchmarkInputError(f"--workers must be >= 1, got {workers}")
+    if name == "ray":
+        return RayExecutor(address, workers if workers > 1 else None)
+    if address:
+        raise BenchmarkInputError("--address is for --executor ray")
+    return InProcess() if workers == 1 else ProcessPool(workers)
+
+
+# ---- the scheduler ---------------------------------------------------------------------------------------------------
+def run_jobs(exp: Experiment, pairs: list[tuple[str, int]], executor: Executor, force: bool = False) -> list[str]:
+    """Run every job of the grid on the executor, each once its needs are done. Returns the names of failed runs.
+
+    The caller closes the executor (it may serve several experiments, e.g. the points of a label-efficiency curve);
+    on an exception, closing it with cancel abandons the jobs in flight."""
+    graph = build_graph(exp, pairs)
+    runs = {(j.backbone, j.depth) for j in graph}
+    ordered = [p for p in with_dependencies(pairs) if p in runs]
+    finished = {}
+    for key, depth in ordered:  # settings checks first, in this process: a mismatch stops before any work
+        mr = ModelRun(exp, get_spec(key), depth)
+        finished[mr.name] = mr.prepare(force)
+    done = {j for j in graph if finished[j.run] or ModelRun.marker_of(exp, j.backbone, j.depth, j.step,
+                                                                      j.lr, j.fold).is_file()}
+    failed: dict[str, str] = {}
+    attempts: dict[Job, int] = {}
+    inflight: set[Job] = set()
+    todo = [j for j in graph if j not in done]
+    total, n_done = len(todo), 0
+    for name, is_done in finished.items():
+        if is_done:
+            print(f"{name}: finished earlier ({_scores(exp, name)}), skipped", flush=True)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        while todo or inflight:
+            for job in [j for j in todo if j.run in failed or any(d.run in failed for d in graph[j])]:
+                todo.remove(job)  # its run failed, or it needs a job of a failed run
+                failed.setdefault(job.run, f"needs {next(d for d in graph[job] if d.run in failed).run}, which failed")
+            ready = [j for j in todo if all(d in done for d in graph[j])]
+            for job in ready[:max(0, executor.slots - len(inflight))]:
+                todo.remove(job)
+                inflight.add(job)
+                executor.submit(exp, job)
+            if not inflight:
+                break
+            for job, result in executor.completed():
+                inflight.discard(job)
+                if isinstance(result, BaseException):
+                    _stop_on_fatal(result)
+                    attempts[job] = attempts.get(job, 0) + 1
+                    if attempts[job] <= RETRIES:
+                        print(f"{job}: FAILED ({result}); retrying", file=sys.stderr, flush=True)
+                        todo.insert(0, job)
+                    else:
+                        failed[job.run] = f"{job}: " + "".join(traceback.format_exception(result))
+                        print(f"{job.run}: FAILED in {job.step}: {result}", file=sys.stderr, flush=True)
+                    continue
+                done.add(job)
+                n_done += 1
+                line = f"[{n_done}/{total}] {job} ({result:.1f} s)"
+                if job.step == "test":
+                    line += f": {_scores(exp, job.run)}"
+                print(line, flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    for name, error in failed.items():
+        atomic.write_text(exp.out / name / "error.txt", error)
+    return sorted(failed)
+
+
+def _scores(exp: Experiment, run: str) -> str:
+    m = atomic.read_json(exp.out / run / "test_metrics.json")
+    return f"test macro-F1 {m['macro_f1']:.3f}, accuracy {m['accuracy']:.3f}"
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _stop_on_fatal(exc: BaseException) -> None:
+    """Bad input is not retried and stops the grid; so does a disk that cannot take results."""
+    if isinstance(exc, BenchmarkInputError):
+        raise exc
+    if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
+        raise BenchmarkInputError(f"cannot write results ({exc.strerror}: {exc.filename or ''}); finished jobs "
+                                  f"are kept and a re-run resumes") from exc
