@@ -74,7 +74,6 @@ def make_experiment(data: Path, profile: Profile, seed: int, out: Path, weights:
     exp = Experiment(ds=ds, pool=pool, test=test, folds=folds, profile=profile, seed=seed, out=out,
                      cache_dir=cache_dir or out / "cache", weights=weights, use_cache=use_cache, test_ds=test_ds,
                      data_desc=desc, input_kind=input_kind)
-    exp.write_folds()
     return exp
 
 
@@ -84,6 +83,10 @@ def run_grid(exp: Experiment, pairs: list[tuple[str, int]], force: bool = False)
     Weights are resolved for every run first, so a missing weights file stops the grid before any work.
     """
     runs = [ModelRun(exp, get_spec(key), depth) for key, depth in pairs]
+    if not force:  # a run directory of other settings or an older format is refused before OUT changes at all
+        for run in runs:
+            run.check_dir(force=False)
+    exp.write_folds(exp.out)
     for i, run in enumerate(runs, 1):
         name = run.name
         print(f"[{i}/{len(pairs)}] {name}", flush=True)
