@@ -9,8 +9,8 @@ them per slot. The per-epoch path (`--no-cache`) instead draws a fresh rotation 
 from `data.view_angle`, and without augmentation both train on exactly the same inputs (a test).
 
 Cache files live in <cache_dir>/<key>/ as .npy (memory-mapped on load) plus meta.json with shapes and sha256 per
-file. The key hashes the backbone, its weights file, the preprocessing, the dataset manifest, the view list and the
-split point, so a cache is never reused for other data or settings; a partial or corrupt cache fails the checksum
+file. The key hashes the backbone, its weights file, the preprocessing, the dataset (manifest and image files), the
+view list and the split point, so a cache is never reused for other data or settings; a partial or corrupt cache fails the checksum
 and is rebuilt.
 """
 from __future__ import annotations

@@ -4,6 +4,7 @@ Everything here is plain numpy/pandas/scikit-learn and seeded; no TensorFlow.
 """
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
@@ -52,8 +53,20 @@ class Dataset:
         return bool((self.rows["n_slices"] > 1).any())
 
     @cached_property
+    def content_sha256(self) -> str:
+        """The manifest and every labelled image file: images rewritten under an unchanged manifest (a re-import
+        with --overwrite) make another dataset, which a feature cache must not mistake for this one."""
+        h = hashlib.sha256(self.manifest_sha256.encode())
+        for name in self.rows["image"]:
+            h.update(f"{name}:{file_sha256(self.root / name)}".encode())
+        return h.hexdigest()
+
+    @cached_property
     def _native(self) -> list[np.ndarray]:
-        return [load_image(self.root / p) for p in self.rows["image"]]
+        try:
+            return [load_image(self.root / p) for p in self.rows["image"]]
+        except DataPrepError as exc:  # bad data fails every model alike: stop the grid, not just this model
+            raise BenchmarkInputError(str(exc)) from exc
 
     def native(self, i: int) -> np.ndarray:
         return self._native[i]
@@ -125,6 +138,12 @@ def train_test_split(ds: Dataset, test_fraction: float | None, seed: int,
 def make_folds(ds: Dataset, pool: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Patient-grouped CV folds over the training pool, as row indices into ds.rows."""
     y = ds.rows.y.to_numpy()[pool]
+    for c, name in enumerate(ds.classes):
+        if not (y == c).any():
+            n_all = int((ds.rows.y == c).sum())
+            where = f"all {n_all} of its slices are test rows" if n_all else "no labelled slice has it"
+            raise BenchmarkInputError(f"{ds.root}: class {name} has no slice in the training pool ({where}); "
+                                      f"every class of dataset.json needs training examples")
     groups = ds.rows.patient.to_numpy()[pool]
     folds = [(pool[tr], pool[va]) for tr, va in stratified_group_split(y, groups, n_folds, seed)]
     for k, (tr, va) in enumerate(folds):

@@ -73,7 +73,6 @@ def make_experiment(data: Path, profile: Profile, seed: int, out: Path, weights:
     exp = Experiment(ds=ds, pool=pool, test=test, folds=folds, profile=profile, seed=seed, out=out,
                      cache_dir=cache_dir or out / "cache", weights=weights, use_cache=use_cache, test_ds=test_ds,
                      data_desc=desc, input_kind=input_kind)
-    exp.write_folds()
     return exp
 
 
@@ -86,9 +85,7 @@ def run_grid(exp: Experiment, pairs: list[tuple[str, int]], force: bool = False,
     if executor is None:
         with InProcess() as executor:
             return run_grid(exp, pairs, force, executor)
-    failed = run_jobs(exp, pairs, executor, force=force)
-    for name in failed:
-        print(f"{name}: FAILED (see {exp.out / name / 'error.txt'})", file=sys.stderr, flush=True)
+    run_jobs(exp, pairs, executor, force=force)
     return write_summary(exp.out)
 
 

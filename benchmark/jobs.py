@@ -274,12 +274,12 @@ def run_jobs(exp: Experiment, pairs: list[tuple[str, int]], executor: Executor, 
     The caller closes the executor (it may serve several experiments, e.g. the points of a label-efficiency curve);
     on an exception, closing it with cancel abandons the jobs in flight."""
     graph = build_graph(exp, pairs)
-    runs = {(j.backbone, j.depth) for j in graph}
-    ordered = [p for p in with_dependencies(pairs) if p in runs]
-    finished = {}
-    for key, depth in ordered:  # settings checks first, in this process: a mismatch stops before any work
-        mr = ModelRun(exp, get_spec(key), depth)
-        finished[mr.name] = mr.prepare(force)
+    runs = [ModelRun(exp, get_spec(key), depth) for key, depth in with_dependencies(pairs)]
+    if not force:  # a run directory of other settings or an older format is refused before OUT changes at all
+        for mr in runs:
+            mr.check_dir(force=False)
+    exp.write_folds(exp.out)
+    finished = {mr.name: mr.prepare(force) for mr in runs}
     done = {j for j in graph if finished[j.run] or ModelRun.marker_of(exp, j.backbone, j.depth, j.step,
                                                                       j.lr, j.fold).is_file()}
     failed: dict[str, str] = {}
@@ -313,7 +313,8 @@ def run_jobs(exp: Experiment, pairs: list[tuple[str, int]], executor: Executor, 
                         todo.insert(0, job)
                     else:
                         failed[job.run] = f"{job}: " + "".join(traceback.format_exception(result))
-                        print(f"{job.run}: FAILED in {job.step}: {result}", file=sys.stderr, flush=True)
+                        print(f"{job.run}: FAILED in {job.step}: {result} (see {exp.out / job.run / 'error.txt'})",
+                              file=sys.stderr, flush=True)
                     continue
                 done.add(job)
                 n_done += 1

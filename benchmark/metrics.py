@@ -61,8 +61,12 @@ def classification_metrics(y_true, proba, classes: Sequence[str], *, y_pred=None
     if stacks is not None:
         out["soft_accuracy"] = soft_accuracy(truth, pred, stacks)
     out["auc_micro"] = float(roc_auc_score(np.eye(n_classes)[truth], p, average="micro"))
-    out["auc_weighted"] = (float(roc_auc_score(truth, p, multi_class="ovr", average="weighted", labels=labels))
-                           if (support > 0).all() else float("nan"))
+    if not (support > 0).all():
+        out["auc_weighted"] = float("nan")
+    elif n_classes == 2:  # sklearn's binary form scores the second class; the first's one-vs-rest AUC is the same
+        out["auc_weighted"] = float(roc_auc_score(truth, p[:, 1]))
+    else:
+        out["auc_weighted"] = float(roc_auc_score(truth, p, multi_class="ovr", average="weighted", labels=labels))
     out.update({f"support_{name.lower()}": int(v) for name, v in zip(classes, support)})
     out["n"] = int(len(truth))
     out["confusion"] = confusion_matrix(truth, pred, labels=labels).tolist()

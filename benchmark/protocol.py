@@ -83,8 +83,8 @@ class Experiment:
         y = self.ds.rows.y.to_numpy()[self.pool]
         return oversample_factors(y, len(self.ds.classes), self.profile.oversample)
 
-    def write_folds(self) -> None:
-        atomic.write_csv(self.out / "folds.csv", folds_frame(self.ds, self.pool, self.test, self.folds))
+    def write_folds(self, directory: Path) -> None:
+        atomic.write_csv(directory / "folds.csv", folds_frame(self.ds, self.pool, self.test, self.folds))
 
 
 class ModelRun:
@@ -148,7 +148,7 @@ class ModelRun:
             return True
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic.write_json(self.dir / "config.json", self.config())
-        shutil.copyfile(self.exp.out / "folds.csv", self.dir / "folds.csv")
+        self.exp.write_folds(self.dir)
         (self.dir / "error.txt").unlink(missing_ok=True)  # from an earlier attempt; this one starts afresh
         return False
 
@@ -218,7 +218,7 @@ class ModelRun:
                   f"{p.cache_budget_gb}); using the per-epoch path", flush=True)
             return None
         key = cache_key(backbone=self.spec.key, weights=weights_fingerprint(self.weights_path),
-                        prep=self.prep.key(), data=exp.ds.manifest_sha256, views=views.digest(),
+                        prep=self.prep.key(), data=exp.ds.content_sha256, views=views.digest(),
                         start=model.layers[self.start].name if prefix is not None else "input", seed=exp.seed,
                         rotation=p.rotation_deg, dtype=p.cache_dtype, keras=keras.__version__)
         t0 = time.perf_counter()

@@ -44,7 +44,7 @@ from matplotlib.lines import Line2D
 
 from data_prep import atomic
 from .data import BenchmarkInputError, Dataset
-from .grid import plan
+from .grid import check_writable, plan
 from .metrics import bootstrap_ci, classification_metrics, range_metrics, soft_correct
 from .preprocess import Preprocessing
 from .protocol import DONE, RESULTS_FORMAT, run_name
@@ -961,7 +961,7 @@ def write_report(results: Results, out: Path, *, lr: float | None = None, n_boot
                  jobs: int = 1, log: Callable[[str], None] = print) -> list[Path]:
     """Every table and figure into `out`; figures needing what is not on disk are skipped with a logged reason."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)  # before the bootstrap's minutes, not at the first table written
     runs = _done_runs(results)
     unfinished = [f"{r.name} ({r.status})" for r in results.runs if not r.done]
     log(f"{results.root}: {len(runs)} finished run(s)" + (f"; not reported: {', '.join(unfinished)}"

@@ -153,7 +153,10 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
         what = "a dataset" if (out / MANIFEST).exists() else "files"
         raise DataPrepError(f"--out {out} already holds {what}; choose another directory or pass --overwrite")
     parent = out.parent if out.parent != Path("") else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. a path component is a file
+        raise DataPrepError(f"--out {out}: cannot create {parent} ({exc.strerror})") from exc
     if not os.access(parent, os.W_OK):
         raise DataPrepError(f"--out {out}: directory {parent} is not writable")
 

@@ -1,5 +1,5 @@
 """The benchmark engine end to end on a tiny phantom dataset: CLI, results layout, cached == per-epoch path,
-augmentation only in training, resume after kill -9, determinism, and every bad input of the CLI."""
+augmentation only in training, resume after kill -9, determinism (bad input: test_bad_inputs.py)."""
 from __future__ import annotations
 
 import json
@@ -10,12 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.__main__ import main
 from benchmark.grid import make_experiment
 from benchmark.profiles import get_profile
 from benchmark.protocol import ModelRun
 from benchmark.registry import get_spec
-from data_prep.manifest import Stack, write_dataset
 
 RUN_FILES = ["config.json", "folds.csv", "cv_history.csv", "selection.json", "test_predictions.csv",
              "test_metrics.json", "timing.json", "model/model.keras", "model/model.json", "DONE"]
@@ -90,52 +88,6 @@ def test_augmentation_never_touches_validation_or_test(tiny_synthetic, tmp_path,
     np.testing.assert_array_equal(val_x, np.stack([exp.ds.make_input(r, run.prep, 0.0) for r in va]))
     preds = pd.read_csv(run.dir / "test_predictions.csv")
     assert len(preds) == len(exp.test) and set(preds.patient) == set(exp.ds.rows.patient[exp.test])
-
-
-def _dataset(path: Path, labels_per_patient: dict[str, list[str]]) -> Path:
-    rng = np.random.default_rng(0)
-    stacks = [Stack(p, "ED", [rng.integers(0, 999, (16, 16)).astype(np.uint16) for _ in labels], labels,
-                    [f"x{i}" for i in range(len(labels))]) for p, labels in labels_per_patient.items()]
-    return write_dataset(path, "test", stacks, source="test")
-
-
-@pytest.fixture()
-def no_obs_dataset(tmp_path):
-    return _dataset(tmp_path / "no_obs", {f"p{i}": ["OAP", "IN", "IN"] for i in range(8)})
-
-
-@pytest.fixture()
-def unlabelled_dataset(tmp_path):
-    return _dataset(tmp_path / "unlabelled", {f"p{i}": ["", "", ""] for i in range(3)})
-
-
-@pytest.mark.parametrize("case", ["backbone", "profile", "not_dataset", "no_labels", "class_missing",
-                                  "shared_patients", "weights_offline", "unwritable_out", "bad_fraction"])
-def test_bad_input_one_clear_message(case, tiny_synthetic, tmp_path, capsys, monkeypatch, no_obs_dataset,
-                                     unlabelled_dataset):
-    blocker = tmp_path / "a_file"
-    blocker.write_text("")
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty_keras_home"))
-    base = ["--data", str(tiny_synthetic), "--out", str(tmp_path / "out"), "--epochs", "1", "--folds", "2"]
-    args, expected = {
-        "backbone": (["--backbone", "resnet18"], "unknown backbone 'resnet18'; valid: mobilenet, mobilenetv2"),
-        "profile": (["--profile", "huge"], "unknown profile 'huge'; valid: paper, quick"),
-        "not_dataset": (["--data", str(tmp_path)], "manifest.csv is missing"),
-        "no_labels": (["--data", str(unlabelled_dataset)], "no labelled slices"),
-        "class_missing": (["--data", str(no_obs_dataset)], "class OBS has no training slice"),
-        "shared_patients": (["--test-data", str(tiny_synthetic)], "shares 8 patient(s)"),
-        "weights_offline": (["--backbone", "vgg16", "--weights", "imagenet"],
-                            "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-        "unwritable_out": (["--out", str(blocker / "sub")], "is not writable"),
-        "bad_fraction": (["--test-fraction", "1.5"], "--test-fraction must be between 0 and 1"),
-    }[case]
-    code = main(base + args)
-    err = capsys.readouterr().err
-    assert code == 2
-    assert expected in err
-    assert err.count("error:") == 1
-    if case != "unwritable_out":
-        assert not list((tmp_path / "out").glob("*/DONE"))
 
 
 def test_resume_after_the_final_fit_uses_the_saved_model(tiny_synthetic, tmp_path):

@@ -60,6 +60,15 @@ def test_auc_micro_and_weighted_differ_and_match_sklearn():
     assert abs(m["auc_micro"] - m["auc_weighted"]) > 0.05
 
 
+def test_two_classes_hand_computed_auc():
+    """Scores of class 1: positives 0.9, 0.4; negatives 0.6, 0.2. Of the 4 (positive, negative) pairs, 3 rank the
+    positive higher (0.4 < 0.6 is the miss): AUC 3/4, for either class's one-vs-rest AUC and hence their average."""
+    p1 = np.array([0.9, 0.4, 0.6, 0.2])
+    m = classification_metrics([1, 1, 0, 0], np.column_stack([1 - p1, p1]), ("no", "yes"))
+    assert m["auc_weighted"] == pytest.approx(0.75)
+    assert m["accuracy"] == pytest.approx(2 / 4) and m["confusion"] == [[1, 1], [1, 1]]
+
+
 def test_absent_class_gives_nan_not_crash():
     y_true = [0, 0, 1, 1]
     proba = np.array([[.6, .3, .1], [.3, .6, .1], [.2, .7, .1], [.4, .5, .1]])

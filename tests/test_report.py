@@ -1,4 +1,4 @@
-"""benchmark.report on the committed results fixture: tables equal the metrics files, CIs, figures, CLI errors."""
+"""benchmark.report on the committed results fixture: tables equal the metrics files, CIs, figures (CLI errors: test_bad_inputs.py)."""
 from __future__ import annotations
 
 import json
@@ -212,39 +212,3 @@ def test_fig3_at_another_learning_rate(results):
     assert "MobileNet α0.25 d1\nLR 0.001 (selected)" in titles
     fig = report.fig3_curves(results, lr=0.5)
     assert all("LR 0.5 not in its grid" in t for t in (ax.get_title() for ax in fig.axes) if t)
-
-
-@pytest.mark.parametrize("case", ["not_a_dir", "no_runs", "unknown_format", "bad_json", "missing_key", "unknown_run",
-                                  "none_finished"])
-def test_cli_bad_input_is_one_message_and_exit_2(case, results_small, tmp_path, capsys):
-    target = tmp_path / "r"
-    extra: list[str] = []
-    if case == "not_a_dir":
-        target.write_text("")
-        expect = "is not a directory"
-    elif case == "no_runs":
-        (target / "something").mkdir(parents=True)
-        expect = "is not a results directory"
-    else:
-        shutil.copytree(results_small, target)
-        config = target / "mobilenet_d1" / "config.json"
-        if case == "unknown_format":
-            config.write_text(json.dumps({**read(config), "results_format": 99}))
-            expect = "results_format 99 is not one this report reads"
-        elif case == "bad_json":
-            config.write_text("{")
-            expect = "not valid JSON"
-        elif case == "none_finished":
-            for done in target.glob("*/DONE"):
-                done.unlink()
-            expect = "no finished run"
-        elif case == "missing_key":
-            config.write_text(json.dumps({k: v for k, v in read(config).items() if k != "classes"}))
-            expect = "config.json: missing classes"
-        else:
-            extra = ["--gradcam-run", "vgg16_d1", "--n-boot", "0", "--no-model-figures"]
-            expect = "no run 'vgg16_d1'"
-    code = report.main([str(target), "--out", str(tmp_path / "out"), *extra])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2
-    assert len(err) == 1 and err[0].startswith("benchmark.report: error: ") and expect in err[0], err
