@@ -217,14 +217,15 @@ def write_label_efficiency(out: Path, subsets: list[SubsetExperiment]) -> pd.Dat
 
 
 def label_efficiency_summary(df: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
-    """Per run and fraction: finished repeats, mean patients, and mean and SD over repeats of each test metric."""
+    """Per run and fraction: finished repeats, patients (the same in every repeat), and mean and SD over repeats of
+    each test metric."""
     metrics = [m for m in (metrics or CURVE_METRICS) if m in df]
     if df.empty:
         return pd.DataFrame()
     done = df[df["status"] == "done"]
     g = done.groupby(["run", "fraction"], sort=False)
     table = g.agg(name=("name", "first"), depth=("depth", "first"), repeats=("repeat", "count"),
-                  n_patients=("n_patients", "mean"))
+                  n_patients=("n_patients", "first"))
     for m in metrics:
         table[f"{m}_mean"] = g[m].mean()
         table[f"{m}_sd"] = g[m].std(ddof=1)
