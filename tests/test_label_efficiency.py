@@ -3,6 +3,7 @@ feature pass for the whole curve; the report's table and figure."""
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 import numpy as np
 import pandas as pd
@@ -32,7 +33,7 @@ def test_subsets_are_nested_and_sized():
     for repeat in range(3):
         subsets = nested_subsets(patients, y, CLASSES, fractions, seed=0, repeat=repeat, min_patients=3)
         assert [len(s) for s in subsets] == [10, 20, 30, 40]
-        for small, large in zip(subsets, subsets[1:]):
+        for small, large in pairwise(subsets):
             assert set(small) < set(large)
         assert set(subsets[-1]) == set(patients)
 
@@ -167,8 +168,8 @@ def test_cli_label_efficiency_end_to_end(balanced_data, tmp_path, capsys):
 
 @pytest.mark.parametrize("args, expected", [
     (["--train-fraction", "0.5,0"], "--train-fraction must be in (0, 1], got 0"),
-    (["--train-fraction", "0.1"], "--train-fraction 0.1 keeps 1 of 8 training patients (repeat 0): fewer patients "
-                                  "than the 2 CV folds; the smallest usable fraction is 0.25 (2 patients)"),
+    (["--train-fraction", "0.1"], ("--train-fraction 0.1 keeps 1 of 8 training patients (repeat 0): fewer patients "
+                                   "than the 2 CV folds; the smallest usable fraction is 0.25 (2 patients)")),
     (["--repeats", "2"], "--repeats must be >= 1, and more than 1 only with --train-fraction"),
 ])
 def test_cli_refuses_bad_fractions_with_one_message(balanced_data, tmp_path, capsys, args, expected):
