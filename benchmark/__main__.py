@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="override the profile's epoch count")
     p.add_argument("--folds", type=int, help="override the profile's number of CV folds")
     p.add_argument("--force", action="store_true", help="redo runs that already finished in OUT")
+    p.add_argument("--train-fraction", type=fractions_list, metavar="F[,F...]",
+                   help="label-efficiency curve: train on these fractions of the training patients (e.g. "
+                        "0.1,0.25,0.5,1.0), each a seeded, class-stratified patient subset nested inside the larger "
+                        "ones, tested on the same held-out patients; results in OUT/frac<F>/rep<R>/ and "
+                        "OUT/label_efficiency.csv. Default: the whole training pool, as usual")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="subsets drawn per fraction with --train-fraction, repeat R seeded by (--seed, R) (default 1)")
     x = p.add_argument_group("executing the job graph (CV fits, selection, fold models, final fit, test)")
     x.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local (default): this machine; ray: Ray tasks on a local instance or the cluster at "
@@ -59,6 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--address", help="Ray cluster address (e.g. 10.0.0.5:6379 after `ray start --head` there); "
                                      "default: start a private local instance")
     return p
+
+
+def fractions_list(text: str) -> list[float]:
+    """Comma-separated fractions, ascending and distinct (range checked with the data, by data.nested_subsets)."""
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one fraction")
+    return sorted(set(values))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +110,8 @@ def _run(args: argparse.Namespace) -> int:
     profile = get_profile(args.profile).with_overrides(epochs=args.epochs, n_folds=args.folds)
     if profile.epochs < 1 or profile.n_folds < 2:
         raise BenchmarkInputError("--epochs must be >= 1 and --folds >= 2")
+    if args.repeats < 1 or (args.repeats > 1 and not args.train_fraction):
+        raise BenchmarkInputError("--repeats must be >= 1, and more than 1 only with --train-fraction")
     pairs = plan([b.strip() for b in args.backbone.split(",") if b.strip()], args.depth)
     for key, _ in pairs:  # a missing weights file stops everything before any data is read or work is done
         spec = get_spec(key)
@@ -103,14 +123,32 @@ def _run(args: argparse.Namespace) -> int:
     # no deterministic XLA kernel), and on the CPU the kernels we use are deterministic already; the tests check
     # that a killed-and-resumed run reproduces an uninterrupted one byte for byte.
     keras.utils.set_random_seed(args.seed)
-    exp = make_experiment(data, profile, args.seed, args.out, args.weights or profile.weights,
-                          use_cache=profile.cache and not args.no_cache, test_data=args.test_data,
-                          test_fraction=args.test_fraction, cache_dir=args.cache_dir, input_kind=args.input)
     with make_executor(args.executor, args.workers, args.address) as executor:
+        if args.train_fraction:
+            return _label_efficiency(args, profile, pairs, data, executor)
+        exp = make_experiment(data, profile, args.seed, args.out, args.weights or profile.weights,
+                              use_cache=profile.cache and not args.no_cache, test_data=args.test_data,
+                              test_fraction=args.test_fraction, cache_dir=args.cache_dir, input_kind=args.input)
         summary = run_grid(exp, pairs, force=args.force, executor=executor)
     print(f"summary: {args.out / 'summary.csv'}")
     failed = summary[summary["status"] != "done"] if not summary.empty else summary
     return 1 if len(failed) else 0
+
+
+def _label_efficiency(args: argparse.Namespace, profile, pairs, data: Path, executor) -> int:
+    from .grid import make_label_experiments, run_grid, write_label_efficiency
+    subsets = make_label_experiments(data, profile, args.seed, args.out, args.weights or profile.weights,
+                                     use_cache=profile.cache and not args.no_cache, fractions=args.train_fraction,
+                                     repeats=args.repeats, test_data=args.test_data,
+                                     test_fraction=args.test_fraction, cache_dir=args.cache_dir,
+                                     input_kind=args.input)
+    for i, s in enumerate(subsets, 1):
+        print(f"== fraction {s.fraction:g}, repeat {s.repeat} ({len(s.exp.data_desc['subset_patients'])} training "
+              f"patients) [{i}/{len(subsets)}]", flush=True)
+        run_grid(s.exp, pairs, force=args.force, executor=executor)
+    df = write_label_efficiency(args.out, subsets)
+    print(f"label efficiency: {args.out / 'label_efficiency.csv'}, {args.out / 'label_efficiency_summary.md'}")
+    return 1 if df.empty or (df["status"] != "done").any() else 0
 
 
 if __name__ == "__main__":

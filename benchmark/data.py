@@ -5,7 +5,9 @@ Everything here is plain numpy/pandas/scikit-learn and seeded; no TensorFlow.
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -154,6 +156,67 @@ def make_folds(ds: Dataset, pool: np.ndarray, n_folds: int, seed: int) -> list[t
             if not (ds.rows.y.to_numpy()[va] == c).any():
                 warnings.warn(f"fold {k}: class {name} is absent from the validation part", stacklevel=2)
     return folds
+
+
+def patient_order(patients: np.ndarray, y: np.ndarray, seed: int, repeat: int) -> np.ndarray:
+    """The distinct patients in the order nested training subsets take them (seeded by seed and repeat).
+
+    Patients are stratified by their class signature (which classes their slices contain). Each stratum gets a
+    seeded permutation spread evenly over [0, 1) from a random offset, and patients are taken in the order of those
+    positions, so every prefix holds each stratum in proportion (the floor or ceiling of its share): a rare
+    signature, such as the few patients with an OBS slice, is neither crowded out nor over-represented.
+    """
+    patients, y = np.asarray(patients), np.asarray(y)
+    rng = np.random.default_rng([seed, repeat])
+    signature = pd.Series(y).groupby(patients).agg(lambda s: tuple(sorted(set(s))))  # index: sorted patients
+    ids, keys = [], []
+    for _, members in sorted(signature.groupby(signature), key=lambda g: g[0]):
+        n = len(members)
+        ids.append(members.index.to_numpy()[rng.permutation(n)])
+        keys.append((np.arange(n) + rng.uniform()) / n)
+    ids, keys = np.concatenate(ids), np.concatenate(keys)
+    return ids[np.argsort(keys, kind="stable")]
+
+
+def subset_size(fraction: float, n: int) -> int:
+    """Patients a fraction keeps: ceil(fraction * n), immune to float noise such as 0.1 * 70 = 7.000000000000001."""
+    return math.ceil(round(fraction * n, 9))
+
+
+def nested_subsets(patients: np.ndarray, y: np.ndarray, classes: Sequence[str], fractions: Sequence[float],
+                   seed: int, repeat: int, min_patients: int) -> list[np.ndarray]:
+    """The sorted patient IDs of the training subset at each fraction: the first subset_size(f, n) patients of
+    `patient_order`, so subsets of one repeat are nested and another repeat draws others.
+
+    Refuses (BenchmarkInputError naming --train-fraction) a fraction outside (0, 1], and one whose subset misses a
+    class or has fewer than `min_patients` patients; the message names the smallest usable fraction.
+    """
+    bad = [f for f in fractions if not 0 < f <= 1]
+    if bad:
+        raise BenchmarkInputError(f"--train-fraction must be in (0, 1], got {bad[0]:g}")
+    patients, y = np.asarray(patients), np.asarray(y)
+    order = patient_order(patients, y, seed, repeat)
+    n = len(order)
+    position = {p: i for i, p in enumerate(order)}
+    first = {}  # class -> how many patients the order must take before one has a slice of it
+    for c, name in enumerate(classes):
+        with_c = [position[p] for p in np.unique(patients[y == c])]
+        if not with_c:
+            raise BenchmarkInputError(f"--train-fraction: no training patient has a {name} slice")
+        first[name] = min(with_c) + 1
+    need = max(min_patients, *first.values())
+    smallest = math.ceil(need / n * 1000) / 1000  # rounded up, so that it really keeps `need` patients
+    out = []
+    for f in fractions:
+        k = subset_size(f, n)
+        if k < need:
+            lacking = [name for name, m in first.items() if m > k]
+            why = (f"no patient with a {lacking[0]} slice" if lacking
+                   else f"fewer patients than the {min_patients} CV folds")
+            raise BenchmarkInputError(f"--train-fraction {f:g} keeps {k} of {n} training patients (repeat {repeat}): "
+                                      f"{why}; the smallest usable fraction is {smallest:g} ({need} patients)")
+        out.append(np.sort(order[:k]))
+    return out
 
 
 def folds_frame(ds: Dataset, pool: np.ndarray, test: np.ndarray, folds) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from data_prep import atomic
-from .data import BenchmarkInputError, Dataset, make_folds, train_test_split
+from .data import BenchmarkInputError, Dataset, make_folds, nested_subsets, train_test_split
 from .profiles import Profile
 from .jobs import Executor, InProcess, run_jobs
 from .protocol import DONE, Experiment, run_name
@@ -58,21 +59,74 @@ def check_writable(out: Path) -> None:
 def make_experiment(data: Path, profile: Profile, seed: int, out: Path, weights: str, *, use_cache: bool,
                     test_data: Path | None = None, test_fraction: float | None = None,
                     cache_dir: Path | None = None, input_kind: str = "2d") -> Experiment:
+    ds, test_ds, pool, test, desc = _load_split(data, seed, test_data, test_fraction)
+    exp = Experiment(ds=ds, pool=pool, test=test, folds=make_folds(ds, pool, profile.n_folds, seed), profile=profile,
+                     seed=seed, out=out, cache_dir=cache_dir or out / "cache", weights=weights, use_cache=use_cache,
+                     test_ds=test_ds, data_desc=desc, input_kind=input_kind)
+    return exp
+
+
+def _load_split(data: Path, seed: int, test_data: Path | None, test_fraction: float | None):
+    """(dataset, test dataset or None, training pool rows, test rows, the data part of config.json)."""
     ds = Dataset.load(data)
     test_ds = Dataset.load(test_data) if test_data else None
     if test_ds is not None and test_ds.classes != ds.classes:
         raise BenchmarkInputError(f"--test-data classes {test_ds.classes} differ from --data classes {ds.classes}")
     pool, test = train_test_split(ds, test_fraction, seed, test_ds)
-    folds = make_folds(ds, pool, profile.n_folds, seed)
     desc = {"path": str(Path(data).resolve()), "manifest_sha256": ds.manifest_sha256, "n_labelled": len(ds.rows),
-            "n_pool": int(len(pool)), "n_test": int(len(test) if test_ds is None else len(test_ds.rows)),
+            "n_pool": len(pool), "n_test": int(len(test) if test_ds is None else len(test_ds.rows)),
             "test_data": None if test_ds is None else {"path": str(Path(test_data).resolve()),
                                                        "manifest_sha256": test_ds.manifest_sha256},
             "test_fraction": test_fraction}
-    exp = Experiment(ds=ds, pool=pool, test=test, folds=folds, profile=profile, seed=seed, out=out,
-                     cache_dir=cache_dir or out / "cache", weights=weights, use_cache=use_cache, test_ds=test_ds,
-                     data_desc=desc, input_kind=input_kind)
-    return exp
+    return ds, test_ds, pool, test, desc
+
+
+@dataclass(frozen=True)
+class SubsetExperiment:
+    """One point of a label-efficiency curve: the Experiment on the training subset of `fraction` in `repeat`."""
+
+    fraction: float
+    repeat: int
+    exp: Experiment
+
+
+def subset_dir(out: Path, fraction: float, repeat: int) -> Path:
+    return out / f"frac{fraction:g}" / f"rep{repeat}"
+
+
+def make_label_experiments(data: Path, profile: Profile, seed: int, out: Path, weights: str, *, use_cache: bool,
+                           fractions: list[float], repeats: int, test_data: Path | None = None,
+                           test_fraction: float | None = None, cache_dir: Path | None = None,
+                           input_kind: str = "2d") -> list[SubsetExperiment]:
+    """One Experiment per fraction x repeat, all checked before any is run.
+
+    Every experiment has the same test set and the same --seed (folds, initialisation, augmentation); only the
+    training patients differ: data.nested_subsets of the pool, seeded by (seed, repeat). CV folds are made on the
+    subset. All share one cache directory and the whole pool's bank (Experiment.cache_views), so the cached path
+    runs the frozen part once for the whole curve.
+    """
+    ds, test_ds, pool, test, desc = _load_split(data, seed, test_data, test_fraction)
+    patients = ds.rows.patient.to_numpy()
+    out_list = []
+    for r in range(repeats):
+        subsets = nested_subsets(patients[pool], ds.rows.y.to_numpy()[pool], ds.classes, fractions, seed, r,
+                                 profile.n_folds)
+        for f, chosen in zip(fractions, subsets):
+            rows = pool[np.isin(patients[pool], chosen)]
+            try:
+                folds = make_folds(ds, rows, profile.n_folds, seed)
+            except BenchmarkInputError as exc:
+                raise BenchmarkInputError(f"--train-fraction {f:g} (repeat {r}: {len(chosen)} training patients): "
+                                          f"{exc}") from None
+            sub_desc = {**desc, "n_pool": len(rows), "train_fraction": f, "repeat": r,
+                        "subset_seed": [seed, r], "n_pool_patients": len(np.unique(patients[pool])),
+                        "subset_patients": [str(p) for p in chosen]}
+            exp = Experiment(ds=ds, pool=rows, test=test, folds=folds, profile=profile, seed=seed,
+                             out=subset_dir(out, f, r), cache_dir=cache_dir or out / "cache", weights=weights,
+                             use_cache=use_cache, test_ds=test_ds, data_desc=sub_desc, input_kind=input_kind,
+                             bank_rows=pool)
+            out_list.append(SubsetExperiment(f, r, exp))
+    return out_list
 
 
 def run_grid(exp: Experiment, pairs: list[tuple[str, int]], force: bool = False,
@@ -118,6 +172,48 @@ def write_summary(out: Path) -> pd.DataFrame:
     atomic.write_text(out / "summary.md", to_markdown(df[[c for c in SUMMARY_COLUMNS if c in df] +
                                                          [c for c in df if c.startswith("support_")]]))
     return df
+
+
+LABEL_EFFICIENCY = "label_efficiency.csv"
+CURVE_METRICS = ["macro_f1", "accuracy", "auc_micro"]
+
+
+def write_label_efficiency(out: Path, subsets: list[SubsetExperiment]) -> pd.DataFrame:
+    """OUT/label_efficiency.csv (one row per run x fraction x repeat, from each subset's summary) and
+    OUT/label_efficiency_summary.csv/.md (mean ± SD over repeats)."""
+    parts = []
+    for s in subsets:
+        summary = write_summary(s.exp.out)
+        if summary.empty:
+            continue
+        summary.insert(0, "n_patients", len(s.exp.data_desc["subset_patients"]))
+        summary.insert(0, "repeat", s.repeat)
+        summary.insert(0, "fraction", s.fraction)
+        parts.append(summary)
+    df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    atomic.write_csv(out / LABEL_EFFICIENCY, df)
+    table = label_efficiency_summary(df)
+    atomic.write_csv(out / "label_efficiency_summary.csv", table)
+    atomic.write_text(out / "label_efficiency_summary.md", to_markdown(table))
+    return df
+
+
+def label_efficiency_summary(df: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
+    """Per run and fraction: finished repeats, patients (the same in every repeat), and mean and SD over repeats of
+    each test metric."""
+    metrics = [m for m in (metrics or CURVE_METRICS) if m in df]
+    if df.empty:
+        return pd.DataFrame()
+    done = df[df["status"] == "done"]
+    g = done.groupby(["run", "fraction"], sort=False)
+    table = g.agg(name=("name", "first"), depth=("depth", "first"), repeats=("repeat", "count"),
+                  n_patients=("n_patients", "first"))
+    for m in metrics:
+        table[f"{m}_mean"] = g[m].mean()
+        table[f"{m}_sd"] = g[m].std(ddof=1)
+    order = {run: i for i, run in enumerate(pd.unique(df["run"]))}  # the paper's order, as the summaries give it
+    return table.reset_index().sort_values(["run", "fraction"], key=lambda c: c.map(order) if c.name == "run" else c,
+                                           kind="stable").reset_index(drop=True)
 
 
 def to_markdown(df: pd.DataFrame) -> str:

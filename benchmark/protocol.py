@@ -32,8 +32,8 @@ import pandas as pd
 from data_prep.provenance import code_version, package_versions
 
 from data_prep import atomic
-from .cache import (CachedInputs, bank_views, bytes_per_view, cache_key, cached_outputs, depth0_start, plain_views,
-                    split_model, weights_fingerprint)
+from .cache import (CachedInputs, Views, bank_views, bytes_per_view, cache_key, cached_outputs, depth0_start,
+                    plain_views, split_model, weights_fingerprint)
 from .data import BenchmarkInputError, Dataset, ImageInputs, Slots, folds_frame, oversample_factors
 from .decode import decode_stacks
 from .metrics import classification_metrics, range_metrics
@@ -73,6 +73,7 @@ class Experiment:
     test_ds: Dataset | None = None
     data_desc: dict[str, Any] = field(default_factory=dict)
     input_kind: str = "2d"            # 2d | 2.5d (neighbouring slices as channels)
+    bank_rows: np.ndarray | None = None  # rows the cached bank covers, when wider than the pool (see cache_views)
 
     @property
     def augment(self) -> bool:
@@ -82,6 +83,16 @@ class Experiment:
     def factors(self) -> np.ndarray:
         y = self.ds.rows.y.to_numpy()[self.pool]
         return oversample_factors(y, len(self.ds.classes), self.profile.oversample)
+
+    def cache_views(self, k: int) -> Views:
+        """Every view a cached fit can draw (k per training slot), then the test views.
+
+        A label-efficiency subset asks for the bank of the whole pool it was drawn from, with oversampling that
+        covers its own, so every subset of one pool gets the same views, the same cache key and one feature pass.
+        """
+        rows = self.pool if self.bank_rows is None else self.bank_rows
+        wide = oversample_factors(self.ds.rows.y.to_numpy()[rows], len(self.ds.classes), self.profile.oversample)
+        return bank_views(self.ds, rows, np.maximum(self.factors, wide), k, self.augment) + plain_views(self.test)
 
     def write_folds(self, directory: Path) -> None:
         atomic.write_csv(directory / "folds.csv", folds_frame(self.ds, self.pool, self.test, self.folds))
@@ -210,8 +221,7 @@ class ModelRun:
         else:
             prefix, trainable = None, model
         per_view = bytes_per_view(prefix, p.cache_dtype, self.prep)
-        views = bank_views(exp.ds, exp.pool, exp.factors, p.bank_views, exp.augment)
-        views = views + plain_views(exp.test)
+        views = exp.cache_views(p.bank_views)
         need = per_view * len(views) * 3  # on disk, plus the float32 copy training reads from memory
         if need > p.cache_budget_gb * 2**30:
             print(f"{self.name}: cache would need {need / 2**30:.1f} GiB (> cache_budget_gb "

@@ -12,6 +12,15 @@
     fig5_tsne.png/.pdf             t-SNE of the pooled features of the test set          (model + dataset needed)
     fig6_gradcam.png/.pdf          truth x prediction grid with Grad-CAM and SmoothGrad   (model + dataset needed)
 
+A label-efficiency results directory (`python -m benchmark --train-fraction ...`: OUT/label_efficiency.csv and
+OUT/frac<F>/rep<R>/<run>/) gets instead
+
+    table3_label_efficiency.csv/.md   per run and training fraction: mean ± SD over repeats of the test metrics
+    fig7_label_efficiency.png/.pdf    test metric (macro-F1 unless --curve-metric) against the fraction of training
+                                      patients, log x, one line per run with a mean ± SD band and every repeat
+
+and each OUT/frac<F>/rep<R> is an ordinary results directory the report reads on its own.
+
 Tables, curves and confusion matrices need only the result files. The last two figures also need the run's
 model/model.keras (results copied without weights have none) and the dataset directory the run used
 (config.json data.path, or --data); when either is missing the figure is skipped with a message saying why.
@@ -44,7 +53,7 @@ from matplotlib.lines import Line2D
 
 from data_prep import atomic
 from .data import BenchmarkInputError, Dataset
-from .grid import check_writable, plan
+from .grid import LABEL_EFFICIENCY, check_writable, label_efficiency_summary, plan
 from .metrics import bootstrap_ci, classification_metrics, range_metrics, soft_correct
 from .preprocess import Preprocessing
 from .protocol import DONE, RESULTS_FORMAT, run_name
@@ -735,6 +744,113 @@ def fig4_selection(results: Results) -> Figure:
     return fig
 
 
+# ---- label efficiency: test metric against the fraction of training patients -----------------------------------------
+LE_COLUMNS = ("fraction", "repeat", "n_patients", "run", "name", "depth", "status")
+
+
+def load_label_efficiency(root: Path) -> pd.DataFrame:
+    """OUT/label_efficiency.csv as `python -m benchmark --train-fraction` wrote it, in the paper's run order."""
+    path = Path(root) / LABEL_EFFICIENCY
+    try:
+        df = pd.read_csv(path, dtype={"depth": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise BenchmarkInputError(f"{path}: not a readable CSV ({exc})") from None
+    missing = [c for c in LE_COLUMNS if c not in df]
+    if missing:
+        raise BenchmarkInputError(f"{path}: missing column(s) {', '.join(missing)}")
+    order = paper_order()
+    return df.sort_values(["run", "fraction", "repeat"], key=lambda c: c.map(order).fillna(len(order))
+                          if c.name == "run" else c, kind="stable").reset_index(drop=True)
+
+
+def _le_label(name: str, depth: str) -> str:
+    return name if depth == "scratch" else f"{name} d{depth}"
+
+
+def _check_curve_metric(df: pd.DataFrame, metric: str) -> None:
+    if metric not in df or not pd.api.types.is_numeric_dtype(df[metric]):
+        numeric = [c for c in df if pd.api.types.is_numeric_dtype(df[c]) and c not in LE_COLUMNS]
+        raise BenchmarkInputError(f"--curve-metric {metric!r} is not a metric of {LABEL_EFFICIENCY}; "
+                                  f"choose one of {', '.join(numeric)}")
+
+
+def table3_label_efficiency(df: pd.DataFrame, metric: str = "macro_f1") -> pd.DataFrame:
+    _check_curve_metric(df, metric)
+    return label_efficiency_summary(df, [metric] + [m for m in ("macro_f1", "accuracy", "auc_micro")
+                                                    if m != metric])
+
+
+def table3_markdown(table: pd.DataFrame) -> str:
+    metrics = [c[:-len("_mean")] for c in table if c.endswith("_mean")]
+    lines = _md_header(["network", "depth", "fraction", "patients", "repeats"] +
+                       [f"{_heading(m)} (mean ± SD)" for m in metrics])
+    for _, r in table.iterrows():
+        lines.append(_md_row([r["name"], str(r.depth), f"{r.fraction:g}", f"{r.n_patients:g}", str(r.repeats)] +
+                             [f"{_num(r[f'{m}_mean'], 3)} ± {_num(r[f'{m}_sd'], 3)}" for m in metrics]))
+    return ("\n".join(lines) + "\n\nTest metrics on the same held-out patients for every fraction; the training "
+            "patients of a fraction are a seeded, class-stratified subset of the training pool, nested inside the "
+            "larger fractions of the same repeat. Mean ± SD over the finished repeats (SD — with one repeat).\n")
+
+
+def fig7_label_efficiency(df: pd.DataFrame, metric: str = "macro_f1") -> Figure:
+    """Test metric against the fraction of training patients (log x): per run the mean over repeats (line), mean ±
+    SD (band) and each repeat (dots). Tick labels give the fraction and its number of patients."""
+    _check_curve_metric(df, metric)
+    done = df[(df["status"] == "done") & df[metric].notna()]
+    if done.empty:
+        raise FigureUnavailable(f"no finished run with a {metric} value in {LABEL_EFFICIENCY}")
+    table = label_efficiency_summary(done, [metric])
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.subplots()
+    colours = list(OKABE_ITO.values())
+    runs = list(dict.fromkeys(table["run"]))
+    for i, run in enumerate(runs):
+        t = table[table["run"] == run]
+        points = done[done["run"] == run]
+        colour = colours[i % len(colours)]
+        mean, sd = t[f"{metric}_mean"].to_numpy(), t[f"{metric}_sd"].fillna(0).to_numpy()
+        ax.fill_between(t["fraction"], mean - sd, mean + sd, color=colour, alpha=0.2, lw=0)
+        ax.plot(t["fraction"], mean, color=colour, marker="o", lw=2,
+                label=f"{_le_label(t['name'].iat[0], t['depth'].iat[0])} (n = {t['repeats'].max()} repeats)")
+        ax.scatter(points["fraction"], points[metric], color=colour, s=12, alpha=0.5, lw=0)
+    ticks = done.groupby("fraction")["n_patients"].mean()
+    ax.set_xscale("log")
+    ax.set_xticks(ticks.index, [f"{f:.0%}\n{n:g} pts" for f, n in ticks.items()], fontsize=8)
+    ax.minorticks_off()
+    ax.set_xlabel("training patients (fraction of the training pool)", fontsize=9)
+    ax.set_ylabel(f"test {_heading(metric)}", fontsize=9)
+    if metric not in LOWER_IS_BETTER:
+        ax.set_ylim(min(0.0, float(done[metric].min())), 1.0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, frameon=False, loc="lower right")
+    ax.set_title("Label efficiency: mean ± SD over repeats, dots = single repeats", fontsize=9)
+    return fig
+
+
+def write_label_efficiency_report(root: Path, out: Path, *, metric: str = "macro_f1",
+                                  log: Callable[[str], None] = print) -> list[Path]:
+    """table3 and fig7 from OUT/label_efficiency.csv."""
+    df = load_label_efficiency(root)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = table3_label_efficiency(df, metric)
+    written = [atomic.write_csv(out / "table3_label_efficiency.csv", table),
+               atomic.write_text(out / "table3_label_efficiency.md", table3_markdown(table))]
+    try:
+        fig = fig7_label_efficiency(df, metric)
+        written += [save_figure(fig, out / f"fig7_label_efficiency{suffix}") for suffix in (".png", ".pdf")]
+    except FigureUnavailable as exc:
+        log(f"fig7_label_efficiency skipped: {exc}")
+    unfinished = df[df["status"] != "done"]
+    if len(unfinished):
+        log("not finished, not in the curve: " + ", ".join(f"{r.run} at fraction {r.fraction:g} repeat {r.repeat}"
+                                                           for r in unfinished.itertuples()))
+    for p in written:
+        log(f"wrote {p}")
+    log(f"per-subset tables and figures: python -m benchmark.report {root}/frac<F>/rep<R>")
+    return written
+
+
 # ---- figures that need the model and the images ---------------------------------------------------------------------
 def load_model(run: Run):
     path = run.dir / "model" / "model.keras"
@@ -1026,6 +1142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradcam-run", help="run for fig6 (default: VGG16 at its better depth, else the best run)")
     p.add_argument("--smooth-samples", type=int, default=20, help="noisy copies per image for SmoothGrad (20)")
     p.add_argument("--no-model-figures", action="store_true", help="skip fig5 and fig6 (no model loading)")
+    p.add_argument("--curve-metric", default="macro_f1",
+                   help=f"test metric of fig7 and first in table3, from {LABEL_EFFICIENCY} (default macro_f1)")
     return p
 
 
@@ -1036,12 +1154,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.n_boot < 0 or args.smooth_samples < 0 or args.jobs < 1:
         print("benchmark.report: error: --n-boot and --smooth-samples must be >= 0, --jobs >= 1", file=sys.stderr)
         return 2
+    out = args.out or args.results / "report"
     try:
+        curve = (args.results / LABEL_EFFICIENCY).is_file()
+        if curve:
+            write_label_efficiency_report(args.results, out, metric=args.curve_metric)
+            if not any((p / "config.json").is_file() for p in args.results.iterdir()):
+                return 0
         results = load_results(args.results)
         with warnings.catch_warnings():
             # t-SNE and Keras chatter would bury the report's own lines
             warnings.simplefilter("ignore", FutureWarning)
-            write_report(results, args.out or args.results / "report", lr=args.lr, n_boot=args.n_boot,
+            write_report(results, out, lr=args.lr, n_boot=args.n_boot,
                          seed=args.seed, data=args.data,
                          tsne_runs=[s.strip() for s in args.tsne_run.split(",")] if args.tsne_run else None,
                          gradcam_run=args.gradcam_run, smooth_samples=args.smooth_samples,
