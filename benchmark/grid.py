@@ -16,9 +16,10 @@ from .data import BenchmarkInputError, Dataset, make_folds, train_test_split
 from .profiles import Profile
 from .protocol import DONE, Experiment, ModelRun, run_name
 from .registry import BACKBONES, CBR, PRETRAINED, get_spec
+from .task import make_task
 
 SUMMARY_COLUMNS = ["run", "backbone", "name", "depth", "weights", "status", "f1_oap", "f1_in", "f1_obs", "macro_f1",
-                   "accuracy", "soft_accuracy", "auc_micro", "auc_weighted"]
+                   "accuracy", "soft_accuracy", "auc_micro", "auc_weighted", "mae", "rmse", "r2", "mae_mean_baseline"]
 
 
 def default_cache_root() -> Path:
@@ -59,13 +60,15 @@ def check_writable(out: Path) -> None:
 
 def make_experiment(data: Path, profile: Profile, seed: int, out: Path, weights: str, *, use_cache: bool,
                     test_data: Path | None = None, test_fraction: float | None = None,
-                    cache_dir: Path | None = None, input_kind: str = "2d") -> Experiment:
-    ds = Dataset.load(data)
-    test_ds = Dataset.load(test_data) if test_data else None
+                    cache_dir: Path | None = None, input_kind: str = "2d", task: str = "classification",
+                    target: str | None = None) -> Experiment:
+    ds = Dataset.load(data, target)
+    test_ds = Dataset.load(test_data, target) if test_data else None
     if test_ds is not None and test_ds.classes != ds.classes:
         raise BenchmarkInputError(f"--test-data classes {test_ds.classes} differ from --data classes {ds.classes}")
     pool, test = train_test_split(ds, test_fraction, seed, test_ds)
     folds = make_folds(ds, pool, profile.n_folds, seed)
+    head_task = make_task(task, ds.classes, target, ds.rows["target"].to_numpy()[pool] if target else None)
     desc = {"path": str(Path(data).resolve()), "manifest_sha256": ds.manifest_sha256, "n_labelled": len(ds.rows),
             "n_pool": int(len(pool)), "n_test": int(len(test) if test_ds is None else len(test_ds.rows)),
             "test_data": None if test_ds is None else {"path": str(Path(test_data).resolve()),
@@ -73,7 +76,7 @@ def make_experiment(data: Path, profile: Profile, seed: int, out: Path, weights:
             "test_fraction": test_fraction}
     exp = Experiment(ds=ds, pool=pool, test=test, folds=folds, profile=profile, seed=seed, out=out,
                      cache_dir=cache_dir or out / "cache", weights=weights, use_cache=use_cache, test_ds=test_ds,
-                     data_desc=desc, input_kind=input_kind)
+                     data_desc=desc, input_kind=input_kind, task=head_task)
     exp.write_folds()
     return exp
 
@@ -90,8 +93,7 @@ def run_grid(exp: Experiment, pairs: list[tuple[str, int]], force: bool = False)
         t0 = time.perf_counter()
         try:
             m = run.run(force=force)
-            print(f"[{i}/{len(pairs)}] {name}: macro-F1 {m['macro_f1']:.3f}, accuracy {m['accuracy']:.3f} "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            print(f"[{i}/{len(pairs)}] {name}: {headline(m)} ({time.perf_counter() - t0:.0f} s)", flush=True)
         except (BenchmarkInputError, KeyboardInterrupt):
             raise
         except Exception as exc:  # one model's failure must not stop the grid; the error is kept on disk
@@ -102,6 +104,17 @@ def run_grid(exp: Experiment, pairs: list[tuple[str, int]], force: bool = False)
     return write_summary(exp.out)
 
 
+def headline(m: dict[str, Any]) -> str:
+    """The test figures a progress line shows: the class ones and/or the regression ones beside the baseline."""
+    parts = []
+    if "macro_f1" in m:
+        parts.append(f"macro-F1 {m['macro_f1']:.3f}, accuracy {m['accuracy']:.3f}")
+    if "mae" in m:
+        parts.append(f"MAE {m['mae']:.4g} (predicting the training mean: {m['mae_mean_baseline']:.4g}), "
+                     f"RMSE {m['rmse']:.4g}, R² {m['r2']:.3f}")
+    return "; ".join(parts)
+
+
 def write_summary(out: Path) -> pd.DataFrame:
     """summary.csv / summary.md over every run directory under `out`, in the paper's order."""
     rows: list[dict[str, Any]] = []
@@ -110,6 +123,8 @@ def write_summary(out: Path) -> pd.DataFrame:
         cfg = atomic.read_json(d / "config.json")
         row: dict[str, Any] = {"run": d.name, "backbone": cfg["backbone"], "name": cfg["backbone_name"],
                                "depth": cfg["depth"], "weights": cfg["weights"]}
+        if cfg.get("target"):
+            row.update(task=cfg["task"], target=cfg["target"])
         if (d / DONE).is_file():
             m = atomic.read_json(d / "test_metrics.json")
             sel = atomic.read_json(d / "selection.json")
