@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark import report
+from benchmark import predict, report
 from benchmark.__main__ import main
-from benchmark.data import Dataset
+from benchmark.data import BenchmarkInputError, Dataset
 from benchmark.grid import make_experiment
 from benchmark.protocol import ModelRun, select
 from benchmark.registry import get_spec
@@ -194,3 +194,8 @@ def test_bad_target_one_clear_message(case, odd_targets, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and expected in err and err.count("error:") == 1, err
     assert not list(out.glob("**/*.*")) and not list(out.glob("**/DONE"))  # not even folds.csv
+
+
+def test_predict_refuses_a_regression_model(regression_results):
+    with pytest.raises(BenchmarkInputError, match="a regression model of 'lv_cavity_px'; predict needs a slice"):
+        predict.read_model_json(regression_results / "mobilenet_d0" / "model")
