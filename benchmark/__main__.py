@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true",
                    help="run the exact per-epoch path: the backbone sees every image in every epoch with a fresh "
                         "rotation, instead of training on cached features of a finite augmentation bank")
+    p.add_argument("--task", choices=["classification", "regression", "multi"], default="classification",
+                   help="classification (default): the slice classes; regression: the numeric manifest column "
+                        "--target (MSE on the target standardised by the training pool, model selection by "
+                        "validation MAE, no oversampling); multi: one backbone with both heads trained at once "
+                        "(cross-entropy + standardised MSE, selection by validation macro-F1)")
+    p.add_argument("--target", metavar="COLUMN",
+                   help="the manifest column to regress with --task regression|multi, e.g. lv_cavity_px")
     p.add_argument("--input", choices=["2d", "2.5d"], default="2d",
                    help="2d: the slice in all three channels (the paper); 2.5d: apex-side neighbour, slice, base-side "
                         "neighbour as the three channels (stack ends repeat the slice)")
@@ -112,6 +119,10 @@ def _run(args: argparse.Namespace) -> int:
         raise BenchmarkInputError("--epochs must be >= 1 and --folds >= 2")
     if args.repeats < 1 or (args.repeats > 1 and not args.train_fraction):
         raise BenchmarkInputError("--repeats must be >= 1, and more than 1 only with --train-fraction")
+    if (args.target is None) != (args.task == "classification"):
+        raise BenchmarkInputError(f"--task {args.task} needs --target COLUMN (a numeric manifest column, e.g. "
+                                  f"lv_cavity_px)" if args.target is None else
+                                  f"--target {args.target} is for --task regression or multi, not {args.task}")
     pairs = plan([b.strip() for b in args.backbone.split(",") if b.strip()], args.depth)
     for key, _ in pairs:  # a missing weights file stops everything before any data is read or work is done
         spec = get_spec(key)
@@ -128,7 +139,8 @@ def _run(args: argparse.Namespace) -> int:
             return _label_efficiency(args, profile, pairs, data, executor)
         exp = make_experiment(data, profile, args.seed, args.out, args.weights or profile.weights,
                               use_cache=profile.cache and not args.no_cache, test_data=args.test_data,
-                              test_fraction=args.test_fraction, cache_dir=args.cache_dir, input_kind=args.input)
+                              test_fraction=args.test_fraction, cache_dir=args.cache_dir, input_kind=args.input,
+                              task=args.task, target=args.target)
         summary = run_grid(exp, pairs, force=args.force, executor=executor)
     print(f"summary: {args.out / 'summary.csv'}")
     failed = summary[summary["status"] != "done"] if not summary.empty else summary
@@ -141,7 +153,7 @@ def _label_efficiency(args: argparse.Namespace, profile, pairs, data: Path, exec
                                      use_cache=profile.cache and not args.no_cache, fractions=args.train_fraction,
                                      repeats=args.repeats, test_data=args.test_data,
                                      test_fraction=args.test_fraction, cache_dir=args.cache_dir,
-                                     input_kind=args.input)
+                                     input_kind=args.input, task=args.task, target=args.target)
     for i, s in enumerate(subsets, 1):
         print(f"== fraction {s.fraction:g}, repeat {s.repeat} ({len(s.exp.data_desc['subset_patients'])} training "
               f"patients) [{i}/{len(subsets)}]", flush=True)

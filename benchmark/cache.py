@@ -215,10 +215,10 @@ class CachedInputs:
             copies, draws = np.full(len(rows), -1), np.zeros(len(rows))
         return self.index(rows, copies, draws)
 
-    def y_tensor(self, y_onehot: np.ndarray):
+    def y_tensor(self, targets: np.ndarray):
         import tensorflow as tf
         if self._y is None:
-            self._y = tf.constant(y_onehot)
+            self._y = tf.constant(targets)
         return self._y
 
     def batch(self, rows, copies, draws) -> list[np.ndarray]:

@@ -36,7 +36,8 @@ class Dataset:
     manifest_sha256: str
 
     @classmethod
-    def load(cls, root: str | Path) -> "Dataset":
+    def load(cls, root: str | Path, target: str | None = None) -> "Dataset":
+        """The labelled rows; with `target`, that manifest column as float column `target` (checked numeric)."""
         root = Path(root)
         try:
             df = read_manifest(root)
@@ -46,7 +47,11 @@ class Dataset:
         rows = labelled(df).sort_values(["patient", "frame", "slice"], kind="stable").reset_index(drop=True)
         if rows.empty:
             raise BenchmarkInputError(f"{root}: no labelled slices (every label is empty)")
+        # read before the engine's own columns (y, target) join the manifest's
+        values = target_values(rows, target, root / MANIFEST) if target is not None else None
         rows["y"] = rows["label"].map({c: i for i, c in enumerate(classes)}).astype(int)
+        if values is not None:
+            rows["target"] = values
         return cls(root, rows, tuple(classes), file_sha256(root / MANIFEST))
 
     @property
@@ -94,6 +99,21 @@ class Dataset:
 
     def stacks(self, idx: np.ndarray) -> pd.DataFrame:
         return self.rows.loc[idx, ["patient", "frame", "slice"]].reset_index(drop=True)
+
+
+def target_values(rows: pd.DataFrame, column: str, where: Path) -> np.ndarray:
+    """A regression target column as floats, or BenchmarkInputError naming the column and a bad value."""
+    if column not in rows:
+        raise BenchmarkInputError(f"{where}: no column {column!r} for --target (columns: {', '.join(rows.columns)})")
+    values = pd.to_numeric(rows[column], errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise BenchmarkInputError(
+            f"{where}: --target column {column!r} is not numeric: {int(bad.sum())} of {len(values)} labelled "
+            f"slices hold no finite number (e.g. {rows[column].iat[i]!r} at patient {rows.patient.iat[i]} frame "
+            f"{rows.frame.iat[i]} slice {rows.slice.iat[i]})")
+    return values
 
 
 def stratified_group_split(y: np.ndarray, groups: np.ndarray, n_splits: int,

@@ -15,9 +15,10 @@ from .profiles import Profile
 from .jobs import Executor, InProcess, run_jobs
 from .protocol import DONE, Experiment, run_name
 from .registry import BACKBONES, CBR, PRETRAINED, get_spec
+from .task import make_task
 
 SUMMARY_COLUMNS = ["run", "backbone", "name", "depth", "weights", "status", "f1_oap", "f1_in", "f1_obs", "macro_f1",
-                   "accuracy", "soft_accuracy", "auc_micro", "auc_weighted"]
+                   "accuracy", "soft_accuracy", "auc_micro", "auc_weighted", "mae", "rmse", "r2", "mae_mean_baseline"]
 
 
 def default_cache_root() -> Path:
@@ -58,18 +59,25 @@ def check_writable(out: Path) -> None:
 
 def make_experiment(data: Path, profile: Profile, seed: int, out: Path, weights: str, *, use_cache: bool,
                     test_data: Path | None = None, test_fraction: float | None = None,
-                    cache_dir: Path | None = None, input_kind: str = "2d") -> Experiment:
-    ds, test_ds, pool, test, desc = _load_split(data, seed, test_data, test_fraction)
+                    cache_dir: Path | None = None, input_kind: str = "2d", task: str = "classification",
+                    target: str | None = None) -> Experiment:
+    ds, test_ds, pool, test, desc = _load_split(data, seed, test_data, test_fraction, target)
     exp = Experiment(ds=ds, pool=pool, test=test, folds=make_folds(ds, pool, profile.n_folds, seed), profile=profile,
                      seed=seed, out=out, cache_dir=cache_dir or out / "cache", weights=weights, use_cache=use_cache,
-                     test_ds=test_ds, data_desc=desc, input_kind=input_kind)
+                     test_ds=test_ds, data_desc=desc, input_kind=input_kind,
+                     task=_task(task, ds, target, pool))
     return exp
 
 
-def _load_split(data: Path, seed: int, test_data: Path | None, test_fraction: float | None):
+def _task(task: str, ds: Dataset, target: str | None, pool: np.ndarray):
+    """The head's task; a regression target is standardised with the training rows' statistics."""
+    return make_task(task, ds.classes, target, ds.rows["target"].to_numpy()[pool] if target else None)
+
+
+def _load_split(data: Path, seed: int, test_data: Path | None, test_fraction: float | None, target: str | None):
     """(dataset, test dataset or None, training pool rows, test rows, the data part of config.json)."""
-    ds = Dataset.load(data)
-    test_ds = Dataset.load(test_data) if test_data else None
+    ds = Dataset.load(data, target)
+    test_ds = Dataset.load(test_data, target) if test_data else None
     if test_ds is not None and test_ds.classes != ds.classes:
         raise BenchmarkInputError(f"--test-data classes {test_ds.classes} differ from --data classes {ds.classes}")
     pool, test = train_test_split(ds, test_fraction, seed, test_ds)
@@ -97,7 +105,8 @@ def subset_dir(out: Path, fraction: float, repeat: int) -> Path:
 def make_label_experiments(data: Path, profile: Profile, seed: int, out: Path, weights: str, *, use_cache: bool,
                            fractions: list[float], repeats: int, test_data: Path | None = None,
                            test_fraction: float | None = None, cache_dir: Path | None = None,
-                           input_kind: str = "2d") -> list[SubsetExperiment]:
+                           input_kind: str = "2d", task: str = "classification",
+                           target: str | None = None) -> list[SubsetExperiment]:
     """One Experiment per fraction x repeat, all checked before any is run.
 
     Every experiment has the same test set and the same --seed (folds, initialisation, augmentation); only the
@@ -105,7 +114,7 @@ def make_label_experiments(data: Path, profile: Profile, seed: int, out: Path, w
     subset. All share one cache directory and the whole pool's bank (Experiment.cache_views), so the cached path
     runs the frozen part once for the whole curve.
     """
-    ds, test_ds, pool, test, desc = _load_split(data, seed, test_data, test_fraction)
+    ds, test_ds, pool, test, desc = _load_split(data, seed, test_data, test_fraction, target)
     patients = ds.rows.patient.to_numpy()
     out_list = []
     for r in range(repeats):
@@ -124,7 +133,7 @@ def make_label_experiments(data: Path, profile: Profile, seed: int, out: Path, w
             exp = Experiment(ds=ds, pool=rows, test=test, folds=folds, profile=profile, seed=seed,
                              out=subset_dir(out, f, r), cache_dir=cache_dir or out / "cache", weights=weights,
                              use_cache=use_cache, test_ds=test_ds, data_desc=sub_desc, input_kind=input_kind,
-                             bank_rows=pool)
+                             bank_rows=pool, task=_task(task, ds, target, rows))
             out_list.append(SubsetExperiment(f, r, exp))
     return out_list
 
@@ -150,6 +159,8 @@ def write_summary(out: Path) -> pd.DataFrame:
         cfg = atomic.read_json(d / "config.json")
         row: dict[str, Any] = {"run": d.name, "backbone": cfg["backbone"], "name": cfg["backbone_name"],
                                "depth": cfg["depth"], "weights": cfg["weights"]}
+        if cfg.get("target"):
+            row.update(task=cfg["task"], target=cfg["target"])
         if (d / DONE).is_file():
             m = atomic.read_json(d / "test_metrics.json")
             sel = atomic.read_json(d / "selection.json")

@@ -330,8 +330,18 @@ def run_jobs(exp: Experiment, pairs: list[tuple[str, int]], executor: Executor, 
 
 
 def _scores(exp: Experiment, run: str) -> str:
-    m = atomic.read_json(exp.out / run / "test_metrics.json")
-    return f"test macro-F1 {m['macro_f1']:.3f}, accuracy {m['accuracy']:.3f}"
+    return "test " + headline(atomic.read_json(exp.out / run / "test_metrics.json"))
+
+
+def headline(m: dict[str, Any]) -> str:
+    """The test figures a progress line shows: the class ones and/or the regression ones beside the baseline."""
+    parts = []
+    if "macro_f1" in m:
+        parts.append(f"macro-F1 {m['macro_f1']:.3f}, accuracy {m['accuracy']:.3f}")
+    if "mae" in m:
+        parts.append(f"MAE {m['mae']:.4g} (predicting the training mean: {m['mae_mean_baseline']:.4g}), "
+                     f"RMSE {m['rmse']:.4g}, R² {m['r2']:.3f}")
+    return "; ".join(parts)
 
 
 def _raise_interrupt(signum, frame):

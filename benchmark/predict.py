@@ -134,6 +134,11 @@ def read_model_json(directory: Path) -> tuple[dict[str, Any], Preprocessing]:
     missing = [k for k in ("backbone", "depth", "classes", "preprocessing") if k not in meta]
     if missing:
         raise BenchmarkInputError(f"{path}: missing field(s) {', '.join(missing)}")
+    if meta.get("task", "classification") != "classification":
+        # stack decoding, IN ranges and Grad-CAM here all read class probabilities alone
+        raise BenchmarkInputError(f"{path}: a {meta['task']} model of {meta.get('target')!r}; predict needs a slice "
+                                  f"classifier (its model.keras, loaded with Keras, predicts {meta.get('target')!r} "
+                                  f"in the column's own units)")
     if tuple(meta["classes"]) != SLICE_CLASSES:
         raise BenchmarkInputError(f"{path}: classes {meta['classes']}; predict needs a slice classifier with "
                                   f"classes {list(SLICE_CLASSES)} (apex -> base order)")

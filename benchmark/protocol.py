@@ -6,7 +6,8 @@ so an interrupted run resumes where it stopped and a finished one is skipped:
     cv_lr<lr>_f<k>   depth 0 / CBR: the head (or whole CBR net) from its seeded initialisation
                      depth 1: starts from the depth-0 model of the SAME fold (foldinit_f<k> of the depth-0 run,
                      trained on that fold's training part only: no validation leak)
-    selection        the LR and epoch count with the best fold-averaged validation metric; diverged LRs excluded
+    selection        the LR and epoch count with the best fold-averaged validation metric (task.py: macro-F1, or
+                     the lowest MAE for a regression); diverged LRs excluded
     foldinit_f<k>    (depth 0 only, on demand) the fold model at the selected LR and epochs, for depth 1
     final            retrained on the whole training pool for the selected epochs (depth 1: from the depth-0 final)
     test             predictions and metrics on the held-out patients
@@ -36,15 +37,18 @@ from .cache import (CachedInputs, Views, bank_views, bytes_per_view, cache_key, 
                     plain_views, split_model, weights_fingerprint)
 from .data import BenchmarkInputError, Dataset, ImageInputs, Slots, folds_frame, oversample_factors
 from .decode import decode_stacks
-from .metrics import classification_metrics, range_metrics
+from .metrics import classification_metrics, range_metrics, regression_metrics
 from .preprocess import Preprocessing
 from .profiles import Profile
-from .registry import BACKBONES, HEAD_DENSE, HEAD_OUT, BackboneSpec, build_model, choose_weights, head, set_depth
+from .registry import BACKBONES, HEAD_DENSE, BackboneSpec, build_model, choose_weights, head, head_layers, set_depth
+from .task import Task, lower_is_better
 from .train import FitSettings, Trainer, fit, predict
 
 RESULTS_FORMAT = 1
 DONE = "DONE"
 N_HEAD_ARRAYS = 2  # kernel and bias of each head Dense layer
+# test_predictions.csv column of the predicted target (a multi-task run's `prediction` is its class)
+TARGET_PREDICTION = {"regression": "prediction", "multi": "target_prediction"}
 
 
 def job_seed(*parts: Any) -> int:
@@ -69,6 +73,7 @@ class Experiment:
     out: Path
     cache_dir: Path
     weights: str                      # imagenet | none | auto | PATH
+    task: Task
     use_cache: bool = True
     test_ds: Dataset | None = None
     data_desc: dict[str, Any] = field(default_factory=dict)
@@ -82,7 +87,7 @@ class Experiment:
     @property
     def factors(self) -> np.ndarray:
         y = self.ds.rows.y.to_numpy()[self.pool]
-        return oversample_factors(y, len(self.ds.classes), self.profile.oversample)
+        return oversample_factors(y, len(self.ds.classes), self.profile.oversample if self.task.oversampled else 1)
 
     def cache_views(self, k: int) -> Views:
         """Every view a cached fit can draw (k per training slot), then the test views.
@@ -112,7 +117,8 @@ class ModelRun:
         self.weights_path = self._weights()
         self.lrs = p.lrs(depth, spec.pretrained)
         self.classes = exp.ds.classes
-        self.y_onehot = np.eye(len(self.classes), dtype=np.float32)[exp.ds.rows.y.to_numpy()]
+        self.task = exp.task
+        self.targets = self.task.targets(exp.ds.rows)
         self._model: keras.Model | None = None
         self._input_state: tuple | None = None
         self._trainer_obj: Trainer | None = None
@@ -136,6 +142,7 @@ class ModelRun:
             "profile": self.profile.to_dict(),
             "seed": self.exp.seed,
             "data": self.exp.data_desc,
+            **self.task.describe(),
             "classes": list(self.classes),
             "learning_rates": list(self.lrs),
             "cached_path": self.exp.use_cache,
@@ -151,7 +158,8 @@ class ModelRun:
         if data.get("test_data"):
             data["test_data"] = data["test_data"].get("manifest_sha256")
         return {**{k: c.get(k) for k in ("results_format", "run", "weights", "weights_file", "preprocessing",
-                                         "profile", "seed", "classes", "cached_path")}, "data": data}
+                                         "profile", "seed", "classes", "cached_path", "target")},
+                "task": c.get("task", "classification"), "data": data}  # results made before tasks classified
 
     def prepare(self, force: bool) -> bool:
         """Check the run directory (check_dir) and, unless the run is complete, start it: config.json, folds.csv."""
@@ -188,7 +196,7 @@ class ModelRun:
             keras.utils.set_random_seed(job_seed(self.exp.seed, self.name, "build"))
             self._model = build_model(self.spec, self.prep.input_size, len(self.classes),
                                       weights=self.weights_path, dropout=self.profile.dropout,
-                                      seed=job_seed(self.exp.seed, self.name, "head"))
+                                      seed=job_seed(self.exp.seed, self.name, "head"), **self.task.head_kwargs())
             set_depth(self._model, self.spec, self.depth)
             self.start = (depth0_start(self._model) if self.depth == 0 and self.spec.pretrained
                           else self._first_trainable())
@@ -273,14 +281,13 @@ class ModelRun:
         if not self.spec.pretrained:
             keras.utils.set_random_seed(job_seed(self.exp.seed, self.name, job))
             fresh = build_model(self.spec, self.prep.input_size, len(self.classes), dropout=self.profile.dropout,
-                                seed=job_seed(self.exp.seed, self.name, job, "head"))
+                                seed=job_seed(self.exp.seed, self.name, job, "head"), **self.task.head_kwargs())
             model.set_weights(fresh.get_weights())
             return
         for layer in model.layers[self.start:]:
             layer.set_weights(self._initial[layer.name])
         if self.depth == 0:
-            self._set_head(_seeded_head(model, len(self.classes), self.profile.dropout,
-                                        job_seed(self.exp.seed, self.name, job)))
+            self._set_head(_seeded_head(model, self.task, self.profile.dropout, job_seed(self.exp.seed, self.name, job)))
         else:
             self._set_head(self.depth0.fold_head(fold) if fold is not None else self.depth0.final_head())
 
@@ -294,13 +301,13 @@ class ModelRun:
             self.model.get_layer(name).set_weights(w)
 
     def _head_weights(self) -> dict[str, list[np.ndarray]]:
-        return {n: self.model.get_layer(n).get_weights() for n in (HEAD_DENSE, HEAD_OUT)}
+        return {n: self.model.get_layer(n).get_weights() for n in head_layers(self.model)}
 
     def _trainer(self) -> Trainer:
         if self._trainer_obj is None:
             p = self.profile
             self._trainer_obj = Trainer(self._inputs()[0], batch_size=p.batch_size, momentum=p.momentum,
-                                        decay_rate=p.decay_rate,
+                                        decay_rate=p.decay_rate, task=self.task,
                                         jit_compile=p.jit_compile_depth1 and self.depth == 1 and self.spec.pretrained)
         return self._trainer_obj
 
@@ -309,12 +316,11 @@ class ModelRun:
         _, inputs, draws = self._inputs()
         self._init_weights(job, fold)
         slots = Slots.build(self.exp.ds, train_rows, self.exp.factors)
-        val_y = self.exp.ds.rows.y.to_numpy()[val_rows] if val_rows is not None else None
         # the data seed of a fit depends on the fold, not the LR: every LR of a fold sees the same batches
         s = FitSettings(lr=lr, epochs=epochs, draws=draws,
                         seed=job_seed(self.exp.seed, self.name, job if fold is None else f"fold{fold}", "data"))
-        return fit(self._trainer(), inputs, slots, self.y_onehot, s, val_rows=val_rows, val_y=val_y,
-                   classes=self.classes, desc=f"{self.name} {job}")
+        return fit(self._trainer(), inputs, slots, self.targets, s, self.task, val_rows=val_rows,
+                   desc=f"{self.name} {job}")
 
     def cv_job(self, lr: float, fold: int) -> pd.DataFrame:
         job = f"cv_lr{lr:g}_f{fold}"
@@ -343,7 +349,8 @@ class ModelRun:
         path = self.dir / "selection.json"
         if path.is_file():
             return atomic.read_json(path)
-        sel = select(self.cv(), self.profile.selection_metric, self.lrs, len(self.exp.folds))
+        metric = self.task.selection_metric(self.profile.selection_metric)
+        sel = select(self.cv(), metric, self.lrs, len(self.exp.folds), lower_is_better=lower_is_better(metric))
         atomic.write_json(path, sel)
         return sel
 
@@ -365,7 +372,7 @@ class ModelRun:
             atomic.write_json(d / "job.json", {"seconds": time.perf_counter() - t0})
             self._save_head(d)
         with np.load(d / "head.npz") as z:
-            return {n: [z[f"{n}/{i}"] for i in range(N_HEAD_ARRAYS)] for n in (HEAD_DENSE, HEAD_OUT)}
+            return {n: [z[f"{n}/{i}"] for i in range(N_HEAD_ARRAYS)] for n in {k.split("/")[0] for k in z.files}}
 
     def _save_head(self, d: Path) -> None:
         arrays = {f"{n}/{i}": w for n, ws in self._head_weights().items() for i, w in enumerate(ws)}
@@ -396,8 +403,13 @@ class ModelRun:
         atomic.atomic_write(directory / "model.keras", self.model.save)
         atomic.write_json(directory / "model.json", {
             "results_format": RESULTS_FORMAT, "backbone": self.spec.key, "depth": self.depth,
-            "classes": list(self.classes), "preprocessing": self.prep.key(), "code_version": code_version(),
-            "keras": keras.__version__})
+            "classes": list(self.classes), **self.task.describe(), "outputs": self._output_columns(),
+            "preprocessing": self.prep.key(), "code_version": code_version(), "keras": keras.__version__})
+
+    def _output_columns(self) -> list[str]:
+        """What each column of the model's output is (the target in its own units, see registry.head)."""
+        return ([f"p_{c}" for c in self.classes] if self.task.has_classes else []) + \
+            ([self.task.target] if self.task.has_target else [])
 
     def test(self) -> dict[str, Any]:
         self.final()
@@ -408,34 +420,48 @@ class ModelRun:
             raise BenchmarkInputError("no test rows: give --test-fraction, --test-data or a manifest split column")
         if ds is exp.ds:
             trainable, inputs, _ = self._inputs()
-            proba = predict(trainable, inputs.plain(rows))
+            output = predict(trainable, inputs.plain(rows))
+        else:
+            output = predict(self.model, [np.stack([ds.make_input(r, self.prep) for r in rows])])
+        if not np.isfinite(output).all():  # a final fit can blow up without its training loss reaching inf
+            raise RuntimeError(f"{self.name}: the final model's test outputs are not finite (the final fit at LR "
+                               f"{self.selection()['lr']:g} diverged)")
+        if ds is exp.ds:
             check = rows[:8]
             direct = predict(self.model, [np.stack([ds.make_input(r, self.prep) for r in check])])
-            if not np.allclose(direct, proba[:len(check)], atol=5e-2):
+            # a target's tolerance scales with its SD (pixel counts are not probabilities)
+            diff = np.abs(direct - output[:len(check)]) / self.task.output_scale()
+            if not (diff <= 5e-2).all():
                 raise RuntimeError(f"{self.name}: the exported model disagrees with the cached path on test images "
-                                   f"(max diff {np.abs(direct - proba[:len(check)]).max():.3g})")
-        else:
-            proba = predict(self.model, [np.stack([ds.make_input(r, self.prep) for r in rows])])
-        metrics = self._write_test(ds, rows, proba)
+                                   f"(max diff {diff.max():.3g} in output units / SD)")
+        metrics = self._write_test(ds, rows, output)
         atomic.write_json(self._job_dir("test") / "job.json", {"seconds": time.perf_counter() - t0})
         return metrics
 
-    def _write_test(self, ds: Dataset, rows: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
-        y = ds.rows.y.to_numpy()[rows]
-        stacks = ds.stacks(rows) if ds.has_stacks else None
-        pred = proba.argmax(1)
+    def _write_test(self, ds: Dataset, rows: np.ndarray, output: np.ndarray) -> dict[str, Any]:
+        task = self.task
         out = ds.rows.loc[rows, ["patient", "frame", "slice", "label"]].reset_index(drop=True)
-        out["prediction"] = [self.classes[i] for i in pred]
-        for c, name in enumerate(self.classes):
-            out[f"p_{name}"] = proba[:, c]
-        metrics = classification_metrics(y, proba, self.classes, stacks=stacks)
-        if stacks is not None and self.classes == ("OAP", "IN", "OBS"):
-            mono = decode_stacks(proba, stacks)
-            out["monotone"] = [self.classes[i] for i in mono]
-            metrics.update(range_metrics(y, pred, stacks))
-            mono_m = classification_metrics(y, proba, self.classes, y_pred=mono, stacks=stacks)
-            mono_m.update(range_metrics(y, mono, stacks))
-            metrics["monotone"] = {k: v for k, v in mono_m.items() if k != "confusion"}
+        metrics: dict[str, Any] = {}
+        if task.has_classes:
+            y, proba = ds.rows.y.to_numpy()[rows], output[:, :len(self.classes)]
+            stacks = ds.stacks(rows) if ds.has_stacks else None
+            pred = proba.argmax(1)
+            out["prediction"] = [self.classes[i] for i in pred]
+            for c, name in enumerate(self.classes):
+                out[f"p_{name}"] = proba[:, c]
+            metrics = classification_metrics(y, proba, self.classes, stacks=stacks)
+            if stacks is not None and self.classes == ("OAP", "IN", "OBS"):
+                mono = decode_stacks(proba, stacks)
+                out["monotone"] = [self.classes[i] for i in mono]
+                metrics.update(range_metrics(y, pred, stacks))
+                mono_m = classification_metrics(y, proba, self.classes, y_pred=mono, stacks=stacks)
+                mono_m.update(range_metrics(y, mono, stacks))
+                metrics["monotone"] = {k: v for k, v in mono_m.items() if k != "confusion"}
+        if task.has_target:
+            out["target"] = truth = ds.rows["target"].to_numpy()[rows]
+            out[TARGET_PREDICTION[task.kind]] = output[:, -1]
+            # the baseline predicts the training pool's mean, the value the head's rescale is centred on
+            metrics.update(regression_metrics(truth, output[:, -1], task.mean))
         atomic.write_csv(self.dir / "test_predictions.csv", out)
         atomic.write_json(self.dir / "test_metrics.json", metrics)
         return metrics
@@ -460,11 +486,11 @@ class ModelRun:
         return atomic.read_json(self.dir / "test_metrics.json")
 
 
-def _seeded_head(model: keras.Model, n_classes: int, dropout: float, seed: int) -> dict[str, list[np.ndarray]]:
+def _seeded_head(model: keras.Model, task: Task, dropout: float, seed: int) -> dict[str, list[np.ndarray]]:
     """Initial head weights for a seed, built on a throwaway input of the pooled width."""
     pooled = keras.Input((model.get_layer(HEAD_DENSE).input.shape[-1],))
-    fresh = keras.Model(pooled, head(pooled, n_classes, dropout=dropout, seed=seed))
-    return {n: fresh.get_layer(n).get_weights() for n in (HEAD_DENSE, HEAD_OUT)}
+    fresh = keras.Model(pooled, head(pooled, len(task.classes), dropout=dropout, seed=seed, **task.head_kwargs()))
+    return {n: fresh.get_layer(n).get_weights() for n in head_layers(fresh)}
 
 
 TIMED_STEPS = {"features": "feature_pass_s", "cv": "cv_s", "foldinit": "foldinit_s", "final": "final_s",
@@ -485,8 +511,9 @@ def job_seconds(run_dir: Path) -> dict[str, float]:
     return total
 
 
-def select(hist: pd.DataFrame, metric: str, lrs, n_folds: int) -> dict[str, Any]:
-    """Best (LR, epoch count) by the fold-averaged validation metric; ties go to fewer epochs, then the grid order.
+def select(hist: pd.DataFrame, metric: str, lrs, n_folds: int, *, lower_is_better: bool = False) -> dict[str, Any]:
+    """Best (LR, epoch count) by the fold-averaged validation metric (highest, or lowest with `lower_is_better`);
+    ties go to fewer epochs, then the grid order.
 
     An LR with any diverged fold is excluded (its history stays on disk).
     """
@@ -499,6 +526,6 @@ def select(hist: pd.DataFrame, metric: str, lrs, n_folds: int) -> dict[str, Any]
     mean = mean[mean["count"] == n_folds]
     order = {lr: i for i, lr in enumerate(lrs)}
     mean["lr_order"] = mean["lr"].map(order)
-    best = mean.sort_values(["mean", "epoch", "lr_order"], ascending=[False, True, True]).iloc[0]
-    return {"metric": col, "lr": float(best["lr"]), "epochs": int(best["epoch"]),
+    best = mean.sort_values(["mean", "epoch", "lr_order"], ascending=[lower_is_better, True, True]).iloc[0]
+    return {"metric": col, "lower_is_better": lower_is_better, "lr": float(best["lr"]), "epochs": int(best["epoch"]),
             "cv_mean": float(best["mean"]), "cv_sd": float(best["std"]), "diverged_lrs": [float(x) for x in bad]}

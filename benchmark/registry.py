@@ -1,8 +1,9 @@
 """Backbone registry: one small spec per network, resolved once (the timm / keras.applications habit).
 
 Every model the benchmark trains is one flat functional graph
-    image -> backbone layers -> GlobalAveragePooling2D("pooled") -> Dense(256) -> Dropout -> Dense(C, softmax)
-so that Grad-CAM tools see every layer and the pooled features can be read by name.
+    image -> backbone layers -> GlobalAveragePooling2D("pooled") -> Dense(256) -> Dropout -> the task's output
+so that Grad-CAM tools see every layer and the pooled features can be read by name. The output (`head`) is
+Dense(C, softmax) for classification, Dense(1) for regression, or both side by side for the multi-task head.
 
 Depth 1 unfreezes the last convolutional block, named per spec either by its first layer (`unfreeze_from`) or by the
 last frozen layer before it (`unfreeze_after`, for networks whose first block layer has an automatic name such as
@@ -23,7 +24,11 @@ POOLED = "pooled"
 HEAD_DENSE = "head_dense"
 HEAD_DROPOUT = "head_dropout"
 HEAD_OUT = "head_out"
+HEAD_TARGET = "head_target"     # the multi-task head's linear output (regression alone uses head_out)
+HEAD_RESCALE = "head_rescale"   # standardised target -> original units (fixed, no weights)
+HEAD_BOTH = "head_both"         # the multi-task head's one output: class probabilities, then the target
 HEAD_UNITS = 256
+TASKS = ("classification", "regression", "multi")
 
 
 class WeightsMissing(FileNotFoundError):
@@ -145,9 +150,9 @@ def _cbr_backbone(spec: BackboneSpec, inputs: keras.KerasTensor) -> keras.KerasT
 
 
 def build_model(spec: BackboneSpec, input_size: int, n_classes: int, *, weights: str | None = None,
-                dropout: float = 0.5, seed: int = 0, n_outputs: int | None = None,
-                output_activation: str = "softmax") -> keras.Model:
-    """The flat classifier: image (input_size², 3 channels, already preprocessed) -> class probabilities.
+                dropout: float = 0.5, seed: int = 0, task: str = "classification",
+                target_scale: tuple[float, float] = (0.0, 1.0)) -> keras.Model:
+    """The flat model: image (input_size², 3 channels, already preprocessed) -> the task's output (see `head`).
 
     `weights` is what `resolve_weights` returned (a file path or None). The head's initialisers and dropout are
     seeded so that the same head can be rebuilt on cached features (see cache.py) with identical weights.
@@ -162,18 +167,48 @@ def build_model(spec: BackboneSpec, input_size: int, n_classes: int, *, weights:
     else:
         fmap = _cbr_backbone(spec, inputs)
     pooled = layers.GlobalAveragePooling2D(name=POOLED)(fmap)
-    outputs = head(pooled, n_classes if n_outputs is None else n_outputs, dropout=dropout, seed=seed,
-                   activation=output_activation)
-    return keras.Model(inputs, outputs, name=f"{spec.key}_classifier")
+    outputs = head(pooled, n_classes, dropout=dropout, seed=seed, task=task, target_scale=target_scale)
+    return keras.Model(inputs, outputs, name=f"{spec.key}_{task}")
 
 
-def head(x: keras.KerasTensor, n_out: int, *, dropout: float, seed: int, activation: str = "softmax"):
-    """Dense(256, relu) -> Dropout -> Dense(n_out): the paper's head, with seeded initialisers."""
+def head(x: keras.KerasTensor, n_classes: int, *, dropout: float, seed: int, task: str = "classification",
+         target_scale: tuple[float, float] = (0.0, 1.0)):
+    """Dense(256, relu) -> Dropout -> the task's output, with seeded initialisers:
+
+        classification  Dense(C, softmax) "head_out"
+        regression      Dense(1) "head_out" -> x * sd + mean "head_rescale"
+        multi           [Dense(C, softmax) "head_out", Dense(1) "head_target" -> "head_rescale"] as one (C + 1)
+                        output "head_both": probabilities, then the target
+
+    The linear output learns the target standardised by `target_scale` = (mean, SD) of the training pool (errors of
+    hundreds of raw pixels give gradients far too large for SGD at the paper's learning rates); the fixed rescale is part of the graph rather
+    than a step of `predict`, so the saved .keras model alone predicts in the target's own units, and the engine's
+    cached and per-epoch paths, its validation and its test all read the same numbers. One output tensor for the
+    multi-task head (not two Keras outputs) keeps every single-output path of the engine as it is.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
     x = layers.Dense(HEAD_UNITS, activation="relu", name=HEAD_DENSE,
                      kernel_initializer=keras.initializers.GlorotUniform(seed=seed))(x)
     x = layers.Dropout(dropout, seed=seed + 1, name=HEAD_DROPOUT)(x)
-    return layers.Dense(n_out, activation=activation, name=HEAD_OUT,
-                        kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 2))(x)
+    if task == "classification":
+        return layers.Dense(n_classes, activation="softmax", name=HEAD_OUT,
+                            kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 2))(x)
+    mean, sd = target_scale
+    linear = layers.Dense(1, name=HEAD_OUT if task == "regression" else HEAD_TARGET,
+                          kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 3))(x)
+    target = layers.Rescaling(scale=sd, offset=mean, name=HEAD_RESCALE)(linear)
+    if task == "regression":
+        return target
+    proba = layers.Dense(n_classes, activation="softmax", name=HEAD_OUT,
+                         kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 2))(x)
+    return layers.Concatenate(name=HEAD_BOTH)([proba, target])
+
+
+def head_layers(model: keras.Model) -> tuple[str, ...]:
+    """Names of the head's layers with weights (what a saved head holds)."""
+    names = {layer.name for layer in model.layers}
+    return tuple(n for n in (HEAD_DENSE, HEAD_OUT, HEAD_TARGET) if n in names)
 
 
 def first_unfrozen_index(model: keras.Model, spec: BackboneSpec) -> int:

@@ -9,6 +9,7 @@
                                    per fold and their fold mean
     fig4_confusion.png/.pdf        confusion matrix of every run (counts and row fractions)
     fig4_selection.png/.pdf        2x2: best and worst run by test macro-F1 at depth 0 and depth 1
+    fig4_scatter.png/.pdf          predicted vs true target of every regression or multi-task run
     fig5_tsne.png/.pdf             t-SNE of the pooled features of the test set          (model + dataset needed)
     fig6_gradcam.png/.pdf          truth x prediction grid with Grad-CAM and SmoothGrad   (model + dataset needed)
 
@@ -20,6 +21,11 @@ OUT/frac<F>/rep<R>/<run>/) gets instead
                                       patients, log x, one line per run with a mean ± SD band and every repeat
 
 and each OUT/frac<F>/rep<R> is an ordinary results directory the report reads on its own.
+Regression runs (`--task regression`) have MAE, RMSE, R² and the MAE of predicting the training pool's mean in
+table 2 instead of class metrics, validation MAE in fig3, and fig4_scatter instead of the class figures (confusion
+matrices, t-SNE by class, Grad-CAM per class), which are left out. Multi-task runs get both sets; their Grad-CAM is
+not drawn (the class probabilities share one output with the target, and Grad-CAM here reads a classifier's
+logits). A report covers runs of one task.
 
 Tables, curves and confusion matrices need only the result files. The last two figures also need the run's
 model/model.keras (results copied without weights have none) and the dataset directory the run used
@@ -54,9 +60,9 @@ from matplotlib.lines import Line2D
 from data_prep import atomic
 from .data import BenchmarkInputError, Dataset
 from .grid import LABEL_EFFICIENCY, check_writable, label_efficiency_summary, plan
-from .metrics import bootstrap_ci, classification_metrics, range_metrics, soft_correct
+from .metrics import bootstrap_ci, classification_metrics, range_metrics, regression_metrics, soft_correct
 from .preprocess import Preprocessing
-from .protocol import DONE, RESULTS_FORMAT, run_name
+from .protocol import DONE, RESULTS_FORMAT, TARGET_PREDICTION, run_name
 from .registry import POOLED, get_spec
 
 # Okabe-Ito: distinguishable with every common colour-vision deficiency
@@ -74,7 +80,9 @@ TSNE_EXACT_MAX = 500
 CLASS_METRICS = [("macro_f1", "macro F1"), ("auc_micro", "micro AUC"), ("auc_weighted", "weighted AUC"),
                  ("accuracy", "accuracy"), ("soft_accuracy", "soft accuracy")]
 RANGE_METRICS = [("range_exact", "range exact"), ("range_within1", "range ±1"), ("boundary_mae", "boundary MAE")]
-LOWER_IS_BETTER = {"boundary_mae"}
+REGRESSION_METRICS = [("mae", "MAE"), ("rmse", "RMSE"), ("r2", "R²"), ("mae_mean_baseline", "baseline MAE")]
+LOWER_IS_BETTER = {"boundary_mae", "mae", "rmse"}
+NOT_RANKED = {"mae_mean_baseline"}  # the same reference for every run, not a result of one
 CONFIG_KEYS = ("backbone", "depth", "classes", "preprocessing")
 NO_AUC_PREFIX = "mono_"  # monotone decoding changes labels, not probabilities: its AUCs are the argmax ones
 
@@ -128,6 +136,24 @@ class Run:
         return tuple(self.config["classes"])
 
     @property
+    def task(self) -> str:
+        return self.config.get("task", "classification")
+
+    @property
+    def has_classes(self) -> bool:
+        return self.task != "regression"
+
+    @property
+    def has_target(self) -> bool:
+        return self.task != "classification"
+
+    def target_arrays(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """True and predicted target of the test rows, and the training pool's mean (the baseline's prediction)."""
+        df = self.predictions
+        return (df["target"].to_numpy(dtype=np.float64), df[TARGET_PREDICTION[self.task]].to_numpy(dtype=np.float64),
+                float(self.config["target_standardisation"]["mean"]))
+
+    @property
     def input_px(self) -> int:
         return int(json.loads(self.config["preprocessing"])["input_size"])
 
@@ -167,9 +193,10 @@ class Run:
 
     @cached_property
     def predictions(self) -> pd.DataFrame:
-        text = {c: str for c in ("patient", "frame", "label", "prediction", "monotone")}
+        labels = ("label", "prediction") if self.has_classes else ("label",)  # a regression predicts a number
+        text = {c: str for c in ("patient", "frame", "monotone", *labels)}
         df = self._csv("test_predictions.csv", dtype=text, keep_default_na=False)
-        unknown = sorted((set(df["label"]) | set(df["prediction"])) - set(self.classes))
+        unknown = sorted(set().union(*(set(df[c]) for c in labels)) - set(self.classes))
         if unknown:
             raise BenchmarkInputError(f"{self.dir / 'test_predictions.csv'}: labels {unknown} are not among the "
                                       f"run's classes {list(self.classes)}")
@@ -204,6 +231,14 @@ class Results:
             raise BenchmarkInputError(f"{self.root}: runs use different classes ({sorted(found)}); one report "
                                       f"covers one class set")
         return found.pop()
+
+    @property
+    def task(self) -> str:
+        found = {(r.task, r.config.get("target")) for r in self.done}
+        if len(found) > 1:
+            raise BenchmarkInputError(f"{self.root}: runs of different tasks ({sorted(found, key=str)}); one report "
+                                      f"covers one task")
+        return found.pop()[0]
 
     def best(self, runs: Sequence[Run] | None = None) -> Run:
         """Highest test macro-F1 (NaN last; ties: the paper's order)."""
@@ -329,27 +364,44 @@ def bootstrap_intervals(run: Run, n_boot: int = 1000, seed: int = 0) -> dict[str
     """Patient-bootstrap 95 % CI (metrics.bootstrap_ci, seeded) of every test metric in table 2, from the predictions.
 
     Every metric is resampled with the same seed, hence the same patients in replicate b for all metrics;
-    classification_metrics runs once per replicate and decoding (memoised on the drawn rows). Soft accuracy and
-    the range metrics look at neighbouring slices, so their per-row / per-stack values are computed once on the
-    whole test set and averaged over the drawn rows / stacks, as bootstrap_ci's docstring prescribes.
+    classification_metrics (regression_metrics) runs once per replicate and decoding (memoised on the drawn rows).
+    Soft accuracy and the range metrics look at neighbouring slices, so their per-row / per-stack values are computed
+    once on the whole test set and averaged over the drawn rows / stacks, as bootstrap_ci's docstring prescribes.
     """
+    out = _class_intervals(run, n_boot, seed) if run.has_classes else {}
+    if run.has_target:
+        truth, pred, train_mean = run.target_arrays()
+        scores = _memo(lambda idx: regression_metrics(truth[idx], pred[idx], train_mean))
+        groups = run.predictions["patient"].to_numpy()
+        for key, _ in REGRESSION_METRICS:
+            out[key] = bootstrap_ci(lambda idx, key=key: scores(idx)[key], groups, n_boot, seed)
+    return out
+
+
+def _memo(fn: Callable[[np.ndarray], dict[str, Any]]) -> Callable[[np.ndarray], dict[str, Any]]:
+    """fn of a row-index array, computed once per distinct array (every metric of a replicate shares one call)."""
+    memo: dict[bytes, dict[str, Any]] = {}
+
+    def call(idx: np.ndarray) -> dict[str, Any]:
+        key = hashlib.blake2b(idx.tobytes(), digest_size=16).digest()
+        if key not in memo:
+            memo[key] = fn(idx)
+        return memo[key]
+    return call
+
+
+def _class_intervals(run: Run, n_boot: int, seed: int) -> dict[str, tuple[float, float]]:
     y, proba, decodings, stacks = _class_arrays(run)
     groups = stacks["patient"].to_numpy()
     out: dict[str, tuple[float, float]] = {}
     for prefix, pred in decodings.items():
-        memo: dict[bytes, dict[str, Any]] = {}
-
-        def scores(idx: np.ndarray, pred=pred, memo=memo) -> dict[str, Any]:
-            key = hashlib.blake2b(idx.tobytes(), digest_size=16).digest()
-            if key not in memo:
-                memo[key] = classification_metrics(y[idx], proba[idx], run.classes, y_pred=pred[idx])
-            return memo[key]
-
+        scores = _memo(lambda idx, pred=pred: classification_metrics(y[idx], proba[idx], run.classes, y_pred=pred[idx]))
         keys = [f"f1_{c.lower()}" for c in run.classes] + ["macro_f1", "accuracy"]
         if prefix != NO_AUC_PREFIX:
             keys += ["auc_micro", "auc_weighted"]
         for key in keys:
-            out[prefix + key] = bootstrap_ci(lambda idx, key=key: scores(idx)[key], groups, n_boot, seed)
+            out[prefix + key] = bootstrap_ci(lambda idx, key=key, scores=scores: scores(idx)[key], groups, n_boot,
+                                             seed)
         if "soft_accuracy" in run.metrics:
             correct = soft_correct(y, pred, stacks).astype(np.float64)
             out[prefix + "soft_accuracy"] = bootstrap_ci(lambda idx: float(correct[idx].mean()), groups, n_boot,
@@ -364,37 +416,52 @@ def bootstrap_intervals(run: Run, n_boot: int = 1000, seed: int = 0) -> dict[str
 
 
 def check_predictions(run: Run) -> list[str]:
-    """Differences between test_metrics.json and the metrics recomputed from test_predictions.csv (none expected)."""
-    y, proba, decodings, _ = _class_arrays(run)
+    """Differences between test_metrics.json and the metrics recomputed from test_predictions.csv (none expected;
+    predicted targets are stored to 6 significant digits, so their metrics agree to about 1e-6 relative)."""
     problems = []
-    for prefix, pred in decodings.items():
-        m = classification_metrics(y, proba, run.classes, y_pred=pred)
-        for key in [f"f1_{c.lower()}" for c in run.classes] + ["macro_f1", "accuracy"]:
-            recorded = run.metric(key, monotone=bool(prefix))
-            if not (math.isnan(recorded) and math.isnan(m[key])) and not abs(recorded - m[key]) <= 1e-6:
-                problems.append(f"{prefix}{key} {recorded:.6g} in test_metrics.json vs {m[key]:.6g} recomputed")
-    if confusion(run).tolist() != run.metrics.get("confusion"):
-        problems.append("the confusion matrix of test_predictions.csv differs from test_metrics.json")
+
+    def compare(name: str, recorded: float, recomputed: float, tolerance: float) -> None:
+        if not (math.isnan(recorded) and math.isnan(recomputed)) and not abs(recorded - recomputed) <= tolerance:
+            problems.append(f"{name} {recorded:.6g} in test_metrics.json vs {recomputed:.6g} recomputed")
+
+    if run.has_classes:
+        y, proba, decodings, _ = _class_arrays(run)
+        for prefix, pred in decodings.items():
+            m = classification_metrics(y, proba, run.classes, y_pred=pred)
+            for key in [f"f1_{c.lower()}" for c in run.classes] + ["macro_f1", "accuracy"]:
+                compare(prefix + key, run.metric(key, monotone=bool(prefix)), m[key], 1e-6)
+        if confusion(run).tolist() != run.metrics.get("confusion"):
+            problems.append("the confusion matrix of test_predictions.csv differs from test_metrics.json")
+    if run.has_target:
+        m = regression_metrics(*run.target_arrays())
+        for key in ("mae", "rmse", "mae_mean_baseline"):
+            compare(key, run.metric(key), m[key], 1e-4 * max(1.0, abs(m[key])))
+        compare("r2", run.metric("r2"), m["r2"], 1e-4)
     return problems
 
 
 def cv_summary(run: Run) -> dict[str, Any]:
-    """Fold mean and SD (n-1) of the selection metric and of validation accuracy at the selected LR and epoch."""
+    """Fold mean and SD (n-1) of the selection metric and of validation accuracy (a classifier's) at the selected LR
+    and epoch."""
     sel, h = run.selection, run.history
     at = h[np.isclose(h["lr"], sel["lr"], rtol=1e-9, atol=0) & (h["epoch"] == sel["epochs"])]
     out = {"cv_metric": sel["metric"], "cv_folds": int(at["fold"].nunique())}
     for name, col in (("cv", sel["metric"]), ("cv_accuracy", "val_accuracy")):
+        if col not in at:
+            continue
         values = at[col].astype(float)
         out[f"{name}_mean"] = float(values.mean()) if len(values) else float("nan")
         out[f"{name}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
     return out
 
 
-def metric_keys(classes: Sequence[str]) -> list[str]:
-    """Table-2 metric columns: per-class F1, the class metrics, range metrics, then the same under monotone decoding."""
+def metric_keys(classes: Sequence[str], task: str = "classification") -> list[str]:
+    """Table-2 metric columns: per-class F1, the class metrics, range metrics, then the same under monotone decoding
+    (a classifier's); then the regression metrics (a regression's)."""
     base = [f"f1_{c.lower()}" for c in classes] + [k for k, _ in CLASS_METRICS] + [k for k, _ in RANGE_METRICS]
     mono = [NO_AUC_PREFIX + k for k in base if not k.startswith("auc_")]
-    return base + mono
+    target = [k for k, _ in REGRESSION_METRICS] if task != "classification" else []
+    return (base + mono if task != "regression" else []) + target
 
 
 def _intervals_job(run_dir: str, config: dict[str, Any], n_boot: int, seed: int):
@@ -433,7 +500,8 @@ def table2_test(results: Results, n_boot: int = 1000, seed: int = 0, progress: b
     """One row per finished run in the paper's order: point estimates (test_metrics.json), CIs as <key>_lo/_hi."""
     runs = _done_runs(results)
     classes = results.classes
-    keys = metric_keys(classes)
+    task = results.task
+    keys = metric_keys(classes, task)
     intervals = all_intervals(runs, n_boot, seed, jobs, progress)
     rows = []
     for r in runs:
@@ -446,8 +514,10 @@ def table2_test(results: Results, n_boot: int = 1000, seed: int = 0, progress: b
             mono = key.startswith(NO_AUC_PREFIX)
             row[key] = r.metric(key[len(NO_AUC_PREFIX):] if mono else key, monotone=mono)
             row[f"{key}_lo"], row[f"{key}_hi"] = intervals[r.name].get(key, (float("nan"), float("nan")))
-        for c in classes:
+        for c in classes if r.has_classes else ():
             row[f"support_{c.lower()}"] = r.metrics.get(f"support_{c.lower()}")
+        if r.has_target:
+            row["target"] = r.config["target"]
         row["n"] = r.metrics.get("n")
         rows.append(row)
     df = pd.DataFrame(rows)
@@ -458,7 +528,7 @@ def table2_test(results: Results, n_boot: int = 1000, seed: int = 0, progress: b
 def best_mask(df: pd.DataFrame, key: str, decimals: int = 3) -> pd.Series:
     """Rows holding the best value of a column at the printed precision (ties all marked); none with < 2 values."""
     values = df[key].astype(float).round(decimals)
-    if values.notna().sum() < 2:
+    if values.notna().sum() < 2 or key in NOT_RANKED:
         return pd.Series(False, index=df.index)
     best = values.min() if key.removeprefix(NO_AUC_PREFIX) in LOWER_IS_BETTER else values.max()
     return values == best
@@ -467,17 +537,20 @@ def best_mask(df: pd.DataFrame, key: str, decimals: int = 3) -> pd.Series:
 def _heading(key: str) -> str:
     mono = key.startswith(NO_AUC_PREFIX)
     base = key.removeprefix(NO_AUC_PREFIX)
-    names = dict(CLASS_METRICS + RANGE_METRICS)
+    names = dict(CLASS_METRICS + RANGE_METRICS + REGRESSION_METRICS)
     name = f"F1 {base[3:].upper()}" if base.startswith("f1_") else names.get(base, base.replace("_", " "))
     return f"{name} (mono)" if mono else name
 
 
 def _table2_groups(df: pd.DataFrame) -> list[tuple[str, list[str]]]:
-    keys = [k for k in metric_keys([c[len("support_"):] for c in df if c.startswith("support_")]) if k in df]
-    plain = [k for k in keys if not k.startswith(NO_AUC_PREFIX) and k not in dict(RANGE_METRICS)]
+    keys = [k for k in metric_keys([c[len("support_"):] for c in df if c.startswith("support_")], "multi") if k in df]
+    target = [k for k in keys if k in dict(REGRESSION_METRICS)]
+    plain = [k for k in keys if not k.startswith(NO_AUC_PREFIX) and k not in dict(RANGE_METRICS) and k not in target]
     rng = [k for k in keys if k.removeprefix(NO_AUC_PREFIX) in dict(RANGE_METRICS)]
     mono = [k for k in keys if k.startswith(NO_AUC_PREFIX) and k not in rng]
-    groups = [("Test set, argmax decoding", plain)]
+    groups = [("Test set, argmax decoding", plain)] if plain else []
+    if target:
+        groups.append((f"Test set, regression of {df['target'].iat[0]}", target))
     if mono or rng:
         groups.append(("Monotone stack decoding and IN range", mono + rng))
     return groups
@@ -486,11 +559,11 @@ def _table2_groups(df: pd.DataFrame) -> list[tuple[str, list[str]]]:
 def table2_markdown(df: pd.DataFrame) -> str:
     supports = [c for c in df if c.startswith("support_")]
     parts = []
-    for title, keys in _table2_groups(df):
+    for g, (title, keys) in enumerate(_table2_groups(df)):
         cv_name = _heading(df["cv_metric"].iat[0].removeprefix("val_")) if len(df) else ""
-        extra = [f"CV {cv_name} (mean ± SD)"] if title.startswith("Test") else []
+        extra = [f"CV {cv_name} (mean ± SD)"] if g == 0 else []
         head = ["network", "depth", "weights"] + [_heading(k) for k in keys] + extra + \
-            ([f"n {c[len('support_'):].upper()}" for c in supports] if title.startswith("Test") else [])
+            ([f"n {c[len('support_'):].upper()}" for c in supports] if g == 0 else [])
         lines = [f"### {title}", ""] + _md_header(head)
         marks = {k: best_mask(df, k) for k in keys}
         for i, r in df.iterrows():
@@ -506,6 +579,9 @@ def table2_markdown(df: pd.DataFrame) -> str:
     note = ("Point estimates from test_metrics.json; [95 % CI] from a patient-level bootstrap of "
             "test_predictions.csv; best value per column in bold (lowest for boundary MAE, in slices). CV: fold mean "
             "± SD of the selection metric at the selected learning rate and epoch count.")
+    if "mae" in df:
+        note += (" MAE and RMSE are in the target's units (lowest in bold); baseline MAE is the MAE of predicting "
+                 "the training pool's mean target for every test slice, the figure a model has to beat.")
     return "\n\n".join(parts) + "\n\n" + note + "\n"
 
 
@@ -562,7 +638,7 @@ def _md_row(cells: list[str]) -> str:
 
 _TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "α": r"$\alpha$",
-                "±": r"$\pm$"}
+                "±": r"$\pm$", "²": r"$^2$"}
 
 
 def _tex(text: str) -> str:
@@ -589,25 +665,38 @@ CURVE_STYLE = {"loss": ("training loss", OKABE_ITO["blue"], "-"),
                "val_loss": ("validation loss", OKABE_ITO["vermillion"], "--"),
                "val_accuracy": ("validation accuracy", OKABE_ITO["green"], ":")}
 SELECTION_STYLE = (OKABE_ITO["purple"], "-.")
+BASELINE_STYLE = ("validation MAE of the training mean", "0.45", ":")
 
 
 def _curve_styles(run: Run) -> dict[str, tuple[str, str, str]]:
     """The three curves of the paper, plus the selection metric when it is another one (e.g. macro-F1), so that the
-    selected epoch can be read off the figure."""
-    styles = dict(CURVE_STYLE)
+    selected epoch can be read off the figure. A regression has no accuracy; its validation MAE (the selection
+    metric) comes with the MAE of predicting the fold's training mean, the level a useful model stays below."""
+    styles = {k: v for k, v in CURVE_STYLE.items() if k in run.history}
     metric = run.selection["metric"]
     if metric not in styles and metric in run.history:
         styles[metric] = (f"validation {_heading(metric.removeprefix('val_'))} (selection)", *SELECTION_STYLE)
+    if run.task == "regression" and "val_mae_mean_baseline" in run.history:
+        styles["val_mae_mean_baseline"] = BASELINE_STYLE
     return styles
+
+
+def _robust_top(values: list[np.ndarray]) -> float | None:
+    """An upper axis limit that a diverging fold does not set alone (far outliers are clipped)."""
+    v = np.concatenate(values) if values else np.zeros(0)
+    v = v[np.isfinite(v)]
+    return max(1e-3, min(v.max(), 3 * np.percentile(v, 90))) * 1.05 if v.size else None
 
 
 def fig3_curves(results: Results, lr: float | None = None, runs: Sequence[str] | None = None) -> Figure:
     """One panel per run: per-fold curves (faint) and their fold mean (bold) at the selected LR, or at `lr`.
 
-    Losses on the left axis; validation accuracy (and the selection metric, if another) on the right (0-1); the
-    dotted grey line marks the selected epoch count when the panel shows the selected LR.
+    Losses on the left axis; validation accuracy (and the selection metric, if another) on the right (0-1), for a
+    regression its validation MAE in the target's units; the dotted grey line marks the selected epoch count when
+    the panel shows the selected LR.
     """
     chosen = [results.get(n) for n in runs] if runs else _done_runs(results)
+    regression = chosen[0].task == "regression" if chosen else False
     fig, axes = _grid(len(chosen), 6, (3.0, 2.4))
     ncols = axes.shape[1]
     legend: dict[str, tuple[str, str]] = {}
@@ -621,7 +710,7 @@ def fig3_curves(results: Results, lr: float | None = None, runs: Sequence[str] |
             ax.set_title(f"{r.title}\nLR {want:g} not in its grid", fontsize=8)
             continue
         score_ax = ax.twinx()
-        losses = []
+        losses, scores = [], []
         for key, (name, colour, style) in _curve_styles(r).items():
             legend[name] = (colour, style)
             target = ax if key in ("loss", "val_loss") else score_ax
@@ -630,14 +719,11 @@ def fig3_curves(results: Results, lr: float | None = None, runs: Sequence[str] |
             mean = h.groupby("epoch")[key].agg(["mean", "count"])
             mean = mean[mean["count"] == h["fold"].nunique()]
             target.plot(mean.index, mean["mean"], color=colour, ls=style, lw=2.0)
-            if target is ax:
-                losses.append(h[key].to_numpy(dtype=float))
-        loss = np.concatenate(losses)
-        loss = loss[np.isfinite(loss)]
-        if loss.size:
-            # a diverging fold would flatten every other curve: clip far outliers
-            ax.set_ylim(0, max(1e-3, min(loss.max(), 3 * np.percentile(loss, 90))) * 1.05)
-        score_ax.set_ylim(0, 1.02)
+            (losses if target is ax else scores).append(h[key].to_numpy(dtype=float))
+        # a diverging fold would flatten every other curve: clip far outliers
+        if (top := _robust_top(losses)) is not None:
+            ax.set_ylim(0, top)
+        score_ax.set_ylim(0, (_robust_top(scores) or 1.0) if regression else 1.02)
         selected = np.isclose(want, sel["lr"], rtol=1e-9, atol=0)
         if selected:
             ax.axvline(sel["epochs"], color="0.5", ls=(0, (1, 2)), lw=1)
@@ -649,7 +735,8 @@ def fig3_curves(results: Results, lr: float | None = None, runs: Sequence[str] |
         if col == 0:
             ax.set_ylabel("loss", fontsize=8)
         if col == ncols - 1 or i == len(chosen) - 1:
-            score_ax.set_ylabel("validation score", fontsize=8)
+            score_ax.set_ylabel(f"validation MAE ({r.config['target']})" if regression else "validation score",
+                                fontsize=8)
         if last_row:
             ax.set_xlabel("epoch", fontsize=8)
     handles = [Line2D([], [], color=c, ls=s, lw=2, label=name) for name, (c, s) in legend.items()]
@@ -851,6 +938,39 @@ def write_label_efficiency_report(root: Path, out: Path, *, metric: str = "macro
     return written
 
 
+def fig4_scatter(results: Results) -> Figure:
+    """Predicted against true target of each finished run's test slices, coloured by slice class, with the identity
+    line and the mean the baseline predicts; MAE, RMSE and R² beside the baseline MAE in each title."""
+    runs = [r for r in _done_runs(results) if r.has_target]
+    if not runs:
+        raise FigureUnavailable("no finished run regresses a target")
+    fig, axes = _grid(len(runs), 4, (3.2, 3.2))
+    classes = results.classes
+    for i, r in enumerate(runs):
+        ax = axes.flat[i]
+        truth, pred, train_mean = r.target_arrays()
+        labels = r.predictions["label"].to_numpy()
+        for k, c in enumerate(classes):
+            colour, marker = CLASS_STYLE.get(c, EXTRA_STYLES[k % len(EXTRA_STYLES)])
+            mask = labels == c
+            ax.scatter(truth[mask], pred[mask], s=9, c=colour, marker=marker, alpha=0.6, linewidths=0,
+                       label=f"{c} (n={int(mask.sum())})")
+        lo, hi = min(truth.min(), pred.min()), max(truth.max(), pred.max())
+        ax.plot([lo, hi], [lo, hi], color="0.3", lw=1, label="prediction = truth")
+        ax.axhline(train_mean, color="0.5", ls=":", lw=1, label="training mean (baseline)")
+        ax.set_aspect("equal", adjustable="datalim")
+        m = r.metrics
+        ax.set_title(f"{r.title}\nMAE {m['mae']:.4g} (baseline {m['mae_mean_baseline']:.4g}), RMSE {m['rmse']:.4g}, "
+                     f"R² {m['r2']:.3f}", fontsize=8)
+        ax.set_xlabel(f"true {r.config['target']}", fontsize=8)
+        ax.set_ylabel(f"predicted {r.config['target']}", fontsize=8)
+        ax.tick_params(labelsize=7)
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, [n.split(" (n=")[0] for n in names], loc="outside lower center", ncols=len(names),
+               fontsize=8, frameon=False, title="test slices by class", title_fontsize=8)
+    return fig
+
+
 # ---- figures that need the model and the images ---------------------------------------------------------------------
 def load_model(run: Run):
     path = run.dir / "model" / "model.keras"
@@ -992,6 +1112,9 @@ def cam_grid(run: Run, data: str | Path | None = None, samples: int = 20, seed: 
     """Grad-CAM (registry CAM layer) and SmoothGrad for the predicted class of one image per confusion cell."""
     from .gradcam import explain
     from .registry import cam_layer_name
+    if run.task != "classification":
+        raise FigureUnavailable(f"{run.name} is a {run.task} model: Grad-CAM here reads a classifier's pre-softmax "
+                                f"logits, which a multi-task model's shared output does not expose")
     counts = confusion(run)
     if run.metrics.get("confusion") is not None and counts.tolist() != run.metrics["confusion"]:
         raise BenchmarkInputError(f"{run.dir}: test_predictions.csv and test_metrics.json disagree on the "
@@ -1110,15 +1233,22 @@ def write_report(results: Results, out: Path, *, lr: float | None = None, n_boot
             written.append(save_figure(fig, out / f"{name}{suffix}"))
 
     figure("fig3_curves", lambda: fig3_curves(results, lr=lr))
-    figure("fig4_confusion", lambda: fig4_confusion(results))
-    figure("fig4_selection", lambda: fig4_selection(results))
-    if model_figures:
-        figure("fig5_tsne", lambda: fig5_tsne(results, runs=tsne_runs, data=data, seed=seed))
-        cam_run = cam_run or default_cam_run(results)
-        figure("fig6_gradcam", lambda: fig6_gradcam(cam_grid(cam_run, data=data, samples=smooth_samples,
-                                                             seed=seed)))
+    task = results.task
+    if task != "classification":
+        figure("fig4_scatter", lambda: fig4_scatter(results))
+    if task == "regression":
+        log("fig4_confusion, fig4_selection, fig5_tsne and fig6_gradcam left out: they show classes, and a "
+            "regression has none (fig4_scatter shows its test predictions)")
     else:
-        log("fig5_tsne and fig6_gradcam skipped: --no-model-figures")
+        figure("fig4_confusion", lambda: fig4_confusion(results))
+        figure("fig4_selection", lambda: fig4_selection(results))
+        if model_figures:
+            figure("fig5_tsne", lambda: fig5_tsne(results, runs=tsne_runs, data=data, seed=seed))
+            cam_run = cam_run or default_cam_run(results)
+            figure("fig6_gradcam", lambda: fig6_gradcam(cam_grid(cam_run, data=data, samples=smooth_samples,
+                                                                 seed=seed)))
+        else:
+            log("fig5_tsne and fig6_gradcam skipped: --no-model-figures")
     for p in written:
         log(f"wrote {p}")
     return written

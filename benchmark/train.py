@@ -19,8 +19,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from .data import Slots
-from .metrics import classification_metrics
-
+from .task import Task
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,7 @@ class FitSettings:
 
 class Inputs(Protocol):
     """Where a fit's inputs come from: cached tensors held in memory (`in_memory`; then also `tensors`,
-    `positions(rows, copies, draws)` and `y_tensor(y_onehot)` for compiled epochs), or images made batch by batch."""
+    `positions(rows, copies, draws)` and `y_tensor(targets)` for compiled epochs), or images made batch by batch."""
 
     in_memory: bool
 
@@ -68,7 +67,7 @@ class InverseTimeDecay(keras.optimizers.schedules.LearningRateSchedule):
 
 
 class Trainer:
-    """SGD-Nesterov with InverseTimeDecay on categorical cross-entropy, one compiled step shared by both paths.
+    """SGD-Nesterov with InverseTimeDecay on the task's loss, one compiled step shared by both paths.
 
     The per-epoch path calls `step` once per batch from Python. The cached path runs a whole epoch in one compiled
     call that gathers each batch from the in-memory cache and calls the same step, so both paths apply identical
@@ -77,13 +76,13 @@ class Trainer:
     once per model and a fit's result depends only on its own settings, never on the fits before it.
     """
 
-    def __init__(self, model: keras.Model, *, batch_size: int, momentum: float, decay_rate: float,
+    def __init__(self, model: keras.Model, *, batch_size: int, momentum: float, decay_rate: float, task: Task,
                  jit_compile: bool = False):
         self.model, self.batch_size = model, batch_size
         self.schedule = InverseTimeDecay(decay_rate)
         self.opt = keras.optimizers.SGD(self.schedule, momentum=momentum, nesterov=True)
         self.opt.build(model.trainable_variables)
-        self.loss = keras.losses.CategoricalCrossentropy()
+        self.loss = task.loss
         self.seed_generators = [g for layer in model.layers for g in [getattr(layer, "seed_generator", None)] if g]
         self.step = tf.function(self._step, reduce_retracing=True, jit_compile=jit_compile)
         self._epoch = tf.function(self._epoch_fn, reduce_retracing=True)
@@ -114,17 +113,17 @@ class Trainer:
             total += loss * tf.cast(tf.shape(pos)[0], tf.float32)
         return total / tf.cast(n, tf.float32)
 
-    def run_epoch(self, inputs, slots: Slots, y_onehot: np.ndarray, epoch: int) -> float:
+    def run_epoch(self, inputs, slots: Slots, targets: np.ndarray, epoch: int) -> float:
         order, draws = epoch_plan(self.s, len(slots), epoch)
         rows, copies, draws = slots.rows[order], slots.copies[order], draws[order]
         if inputs.in_memory:
-            return float(self._epoch(inputs.tensors, inputs.y_tensor(y_onehot), inputs.positions(rows, copies, draws),
+            return float(self._epoch(inputs.tensors, inputs.y_tensor(targets), inputs.positions(rows, copies, draws),
                                      tf.constant(rows)))
         total = 0.0
         for i in range(0, len(rows), self.batch_size):
             sl = slice(i, i + self.batch_size)
             xs = inputs.batch(rows[sl], copies[sl], draws[sl])
-            total += float(self.step([tf.constant(x) for x in xs], tf.constant(y_onehot[rows[sl]]))) * len(rows[sl])
+            total += float(self.step([tf.constant(x) for x in xs], tf.constant(targets[rows[sl]]))) * len(rows[sl])
         return total / len(rows)
 
 
@@ -136,32 +135,30 @@ def predict(model: keras.Model, xs: list[np.ndarray], batch_size: int = 64) -> n
     return np.concatenate(parts) if parts else np.zeros((0, model.output.shape[-1]), np.float32)
 
 
-def fit(trainer: Trainer, inputs: Inputs, slots: Slots, y_onehot: np.ndarray, s: FitSettings, *,
-        val_rows: np.ndarray | None = None, val_y: np.ndarray | None = None, classes: tuple[str, ...] = (),
-        desc: str = "fit") -> tuple[pd.DataFrame, bool]:
+def fit(trainer: Trainer, inputs: Inputs, slots: Slots, targets: np.ndarray, s: FitSettings, task: Task, *,
+        val_rows: np.ndarray | None = None, desc: str = "fit") -> tuple[pd.DataFrame, bool]:
     """Train the trainer's model in place. Returns (history per epoch, diverged).
 
-    y_onehot is indexed by row (the whole dataset); val_y holds class indices of the validation rows. A NaN or
-    infinite training loss or validation output stops the fit and marks it diverged (its history is kept, selection
-    skips it).
+    targets is indexed by row (the whole dataset, Task.targets). A NaN or infinite training loss or validation
+    output stops the fit and marks it diverged (its history is kept, selection skips it).
     """
     trainer.reset(s)
     model = trainer.model
     val_x = inputs.plain(val_rows) if val_rows is not None else None
+    # the baseline a regression's validation MAE is read against: predicting this fit's training mean
+    train_mean = float(targets[np.unique(slots.rows), -1].mean()) if task.has_target else None
     records: list[dict] = []
     diverged = False
     for epoch in tqdm(range(s.epochs), desc=desc, unit="epoch", leave=False,
                       disable=bool(os.environ.get("TQDM_DISABLE")) or None):
-        loss = trainer.run_epoch(inputs, slots, y_onehot, epoch)
+        loss = trainer.run_epoch(inputs, slots, targets, epoch)
         rec = {"epoch": epoch + 1, "loss": loss}
-        proba = predict(model, val_x) if val_x is not None and math.isfinite(loss) else None
-        if not math.isfinite(loss) or (proba is not None and not np.all(np.isfinite(proba))):
+        out = predict(model, val_x) if val_x is not None and math.isfinite(loss) else None
+        if not math.isfinite(loss) or (out is not None and not np.all(np.isfinite(out))):
             diverged = True
-            records.append({**rec, "val_loss": np.nan, "val_accuracy": np.nan, "val_macro_f1": np.nan})
+            records.append({**rec, **dict.fromkeys(task.score_names, np.nan)})
             break
-        if proba is not None:
-            m = classification_metrics(val_y, proba, classes)
-            p = np.clip(proba[np.arange(len(val_y)), val_y], 1e-7, 1.0)
-            rec.update(val_loss=float(-np.mean(np.log(p))), val_accuracy=m["accuracy"], val_macro_f1=m["macro_f1"])
+        if out is not None:
+            rec.update(task.scores(targets[val_rows], out, train_mean))
         records.append(rec)
     return pd.DataFrame.from_records(records), diverged

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -72,9 +71,9 @@ def test_augmentation_never_touches_validation_or_test(tiny_synthetic, tmp_path,
     seen = []
     real_fit = protocol.fit
 
-    def spy(model, inputs, slots, y, s, *, val_rows=None, val_y=None, classes=(), desc=""):
+    def spy(model, inputs, slots, y, s, task, *, val_rows=None, desc=""):
         seen.append((desc, slots.rows.copy(), None if val_rows is None else inputs.plain(val_rows)[0]))
-        return real_fit(model, inputs, slots, y, s, val_rows=val_rows, val_y=val_y, classes=classes, desc=desc)
+        return real_fit(model, inputs, slots, y, s, task, val_rows=val_rows, desc=desc)
 
     monkeypatch.setattr(protocol, "fit", spy)
     exp = make_experiment(tiny_synthetic, tiny_profile(epochs=1), 0, tmp_path, "none", use_cache=False,

@@ -193,6 +193,12 @@ def test_regression_metrics_on_four_numbers():
     assert m["n"] == 4
 
 
+def test_regression_worse_than_the_training_mean():
+    m = regression_metrics([0, 2], [2, 0], train_mean=1)
+    # residuals -2, 2: SS_res 8 against SS_tot 2 -> R^2 = 1 - 8 / 2; the mean is off by 1 on each slice
+    assert (m["mae"], m["rmse"], m["r2"], m["mae_mean_baseline"]) == pytest.approx((2.0, 2.0, -3.0, 1.0))
+
+
 def test_regression_r2_nan_for_constant_truth():
     assert math.isnan(regression_metrics([5, 5], [4, 6], train_mean=5)["r2"])
 
