@@ -75,18 +75,18 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
     Profile("paper", "Ho & Kim 2021: paper input sizes, 3 LRs x 5 folds x 50 epochs, batch 32, oversample 6, "
                      "rotation ±45°, ImageNet weights required."),
     Profile("quick", "The paper's protocol shrunk so all 21 models run on the synthetic default in well under 20 "
-                     "minutes on 2 CPU cores: 20 phantom patients, 3 folds, 5 epochs, LR grid {1e-2, 1e-3} at depth "
+                     "minutes on 2 CPU cores: 16 phantom patients, 3 folds, 3 epochs, LR grid {1e-2, 1e-3} at depth "
                      "0 and {1e-3} at depth 1, one bank view per training slot, inputs of 32-64 px (75/71 px, the "
                      "minimum, for the Inception family and Xception); the CBR baselines (all layers trained, slow "
-                     "on CPU) get 2 epochs, LR 1e-2 and 16 px inputs (CBR-LargeT: 32, its minimum). ImageNet weights where present, random "
-                     "otherwise (recorded per run).",
-            epochs=5, n_folds=3,
+                     "on CPU) get 1 epoch, LR 1e-2 and 16 px inputs (CBR-LargeT: 32, its minimum). ImageNet weights "
+                     "where present, random otherwise (recorded per run).",
+            epochs=3, n_folds=3,
             lr_depth0=(1e-2, 1e-3), lr_depth1=(1e-3,), lr_cbr=(1e-2,),
-            bank_views=1, weights="auto", synthetic_patients=20,
+            bank_views=1, weights="auto", synthetic_patients=16,
             input_sizes={"mobilenet": 64, "mobilenetv2": 64, "vgg16": 64, "inceptionv3": 75, "resnet50v2": 32,
                          "inceptionresnetv2": 75, "densenet121": 32, "nasnetmobile": 32, "xception": 71,
                          "cbr_large_t": 16, "cbr_small": 16, "cbr_tiny": 16},
-            per_backbone={"cbr": {"epochs": 2}}),
+            per_backbone={"cbr": {"epochs": 1}}),
 ]}
 
 
