@@ -259,12 +259,11 @@ class ModelRun:
                   fold: int | None = None) -> Path:
         """The file whose presence says a job is complete (it is written last, after the job's outputs)."""
         run_dir = exp.out / run_name(BACKBONES[backbone], depth)
-        return {"features": lambda: run_dir / "jobs" / "features" / DONE,
-                "cv": lambda: run_dir / "jobs" / f"cv_lr{lr:g}_f{fold}" / DONE,
-                "select": lambda: run_dir / "selection.json",
-                "foldinit": lambda: run_dir / "jobs" / f"foldinit_f{fold}" / DONE,
-                "final": lambda: run_dir / "jobs" / "final" / DONE,
-                "test": lambda: run_dir / DONE}[step]()
+        if step == "select":
+            return run_dir / "selection.json"
+        if step == "test":
+            return run_dir / DONE
+        return run_dir / "jobs" / job_dir_name(step, lr, fold) / DONE
 
     def features(self) -> None:
         """Compute (or load) what the fits of this run read, before the CV jobs fan out."""
@@ -323,7 +322,7 @@ class ModelRun:
                    desc=f"{self.name} {job}")
 
     def cv_job(self, lr: float, fold: int) -> pd.DataFrame:
-        job = f"cv_lr{lr:g}_f{fold}"
+        job = job_dir_name("cv", lr, fold)
         d = self._job_dir(job)
         if self.marker("cv", lr, fold).is_file():
             return pd.read_csv(d / "history.csv")
@@ -356,12 +355,14 @@ class ModelRun:
 
     def fold_head(self, fold: int) -> dict[str, list[np.ndarray]]:
         """Depth-0 model of one fold at the selected LR and epochs (what a depth-1 fold starts from)."""
-        return self._saved_head(f"foldinit_f{fold}", lambda: self._train(
-            f"foldinit_f{fold}", self.exp.folds[fold][0], self.selection()["lr"], self.selection()["epochs"],
+        job = job_dir_name("foldinit", fold=fold)
+        return self._saved_head(job, lambda: self._train(
+            job, self.exp.folds[fold][0], self.selection()["lr"], self.selection()["epochs"],
             fold, None))
 
     def final_head(self) -> dict[str, list[np.ndarray]]:
-        self.final()
+        if not self.marker("final").is_file():  # when it is, head.npz is all a depth-1 fit needs: no model load
+            self.final()
         return self._saved_head("final", None)
 
     def _saved_head(self, job: str, train) -> dict[str, list[np.ndarray]]:
@@ -491,6 +492,13 @@ def _seeded_head(model: keras.Model, task: Task, dropout: float, seed: int) -> d
     pooled = keras.Input((model.get_layer(HEAD_DENSE).input.shape[-1],))
     fresh = keras.Model(pooled, head(pooled, len(task.classes), dropout=dropout, seed=seed, **task.head_kwargs()))
     return {n: fresh.get_layer(n).get_weights() for n in head_layers(fresh)}
+
+
+def job_dir_name(step: str, lr: float | None = None, fold: int | None = None) -> str:
+    """The folder of a job under <run>/jobs/ (job_seconds reads the step back from its first word)."""
+    if step == "cv":
+        return f"cv_lr{lr:g}_f{fold}"
+    return f"foldinit_f{fold}" if step == "foldinit" else step
 
 
 TIMED_STEPS = {"features": "feature_pass_s", "cv": "cv_s", "foldinit": "foldinit_s", "final": "final_s",
