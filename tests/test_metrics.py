@@ -3,10 +3,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import f1_score, roc_auc_score
 
-from benchmark.metrics import (bootstrap_ci, classification_metrics, range_metrics, regression_metrics,
-                               soft_accuracy, soft_correct, stack_ranges)
+from benchmark.metrics import (bootstrap_ci, classification_metrics, macro_f1, per_class_f1, range_metrics,
+                               regression_metrics, soft_accuracy, soft_correct, stack_ranges)
 
 CLASSES = ("OAP", "IN", "OBS")
 
@@ -86,6 +86,31 @@ def test_absent_class_gives_nan_not_crash():
 def test_predicted_but_absent_class_scores_zero_f1():
     m = classification_metrics([0, 0, 1, 1], confident([0, 2, 1, 1]), CLASSES)
     assert m["f1_obs"] == 0.0  # one false positive, no support: defined and wrong
+
+
+def test_per_class_f1_matches_sklearn_including_absent_classes():
+    """The numpy F1 every validation epoch uses equals sklearn's, NaN where sklearn's zero_division=NaN gives NaN."""
+    rng = np.random.default_rng(0)
+    checked_nan = False
+    for trial in range(300):
+        n_classes = int(rng.integers(2, 6))
+        n = int(rng.integers(1, 12))
+        # draw from fewer classes than exist, so some are absent from truth, predictions or both
+        truth = rng.integers(0, max(1, n_classes - 1), n)
+        pred = rng.integers(0, n_classes, n) if trial % 2 else truth.copy()
+        ours = per_class_f1(truth, pred, n_classes)
+        ref = f1_score(truth, pred, labels=list(range(n_classes)), average=None, zero_division=np.nan)
+        np.testing.assert_allclose(ours, ref, equal_nan=True)
+        checked_nan |= bool(np.isnan(ref).any())
+        mean = macro_f1(ours)
+        assert mean == pytest.approx(float(np.nanmean(ref))) if np.isfinite(ref).any() else math.isnan(mean)
+    assert checked_nan
+
+
+def test_per_class_f1_hand_computed():
+    # class 0: TP 1, FP 1, FN 0 -> 2/3; class 1: TP 1, FP 0, FN 1 -> 2/3; class 2: never seen -> NaN
+    np.testing.assert_allclose(per_class_f1(np.array([0, 1, 1]), np.array([0, 1, 0]), 3), [2 / 3, 2 / 3, np.nan])
+    assert macro_f1(np.array([np.nan, np.nan])) != macro_f1(np.array([np.nan, np.nan]))  # NaN, not 0
 
 
 def test_bad_labels_raise():
