@@ -28,9 +28,10 @@ from tqdm.auto import tqdm
 from data_prep.atomic import atomic_dir
 from data_prep.manifest import file_sha256
 
-from .data import Dataset, view_angle
+from .data import Dataset, prefetched, view_angle
 from .preprocess import Preprocessing
 from .registry import POOLED
+from .train import inference
 
 
 @dataclass(frozen=True)
@@ -169,11 +170,13 @@ def _build(prefix: keras.Model | None, ds: Dataset, prep: Preprocessing, views: 
         arrays = [np.lib.format.open_memmap(tmp / f"out{j}.npy", mode="w+", dtype=dtype, shape=(len(views), *shape))
                   for j, shape in enumerate(shapes)]
         angles = views.angles(seed, rotation_deg)
-        for start in tqdm(range(0, len(views), batch_size), desc="feature pass", unit="batch", leave=False,
-                          disable=bool(os.environ.get("TQDM_DISABLE")) or None):  # jobs.py sets it in workers
-            sl = slice(start, start + batch_size)
-            x = np.stack([ds.make_input(r, prep, a) for r, a in zip(views.rows[sl], angles[sl])])
-            y = x if prefix is None else prefix.predict_on_batch(x)
+        forward = (lambda x: x) if prefix is None else inference(prefix)
+        batches = [slice(start, start + batch_size) for start in range(0, len(views), batch_size)]
+        makers = [lambda sl=sl: np.stack([ds.make_input(r, prep, a) for r, a in zip(views.rows[sl], angles[sl])])
+                  for sl in batches]
+        for sl, x in tqdm(zip(batches, prefetched(makers)), total=len(batches), desc="feature pass", unit="batch",
+                          leave=False, disable=bool(os.environ.get("TQDM_DISABLE")) or None):  # jobs.py sets it in workers
+            y = forward(x)
             for arr, part in zip(arrays, y if isinstance(y, (list, tuple)) else [y]):
                 arr[sl] = np.asarray(part)
         for arr in arrays:
@@ -215,6 +218,9 @@ class CachedInputs:
             copies, draws = np.full(len(rows), -1), np.zeros(len(rows))
         return self.index(rows, copies, draws)
 
+    def plain_positions(self, rows) -> np.ndarray:
+        return self.index(rows, np.full(len(rows), -1), np.zeros(len(rows)))
+
     def y_tensor(self, targets: np.ndarray):
         import tensorflow as tf
         if self._y is None:
@@ -226,4 +232,4 @@ class CachedInputs:
         return [a[pos] for a in self.arrays]
 
     def plain(self, rows) -> list[np.ndarray]:
-        return self.batch(rows, np.full(len(rows), -1), np.zeros(len(rows)))
+        return [a[self.plain_positions(rows)] for a in self.arrays]

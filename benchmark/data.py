@@ -7,10 +7,12 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -20,6 +22,8 @@ from data_prep.errors import DataPrepError
 from data_prep.manifest import dataset_classes, file_sha256, labelled, load_image, read_manifest, MANIFEST
 
 from .preprocess import Preprocessing, make_input
+
+T = TypeVar("T")
 
 
 class BenchmarkInputError(ValueError):
@@ -281,6 +285,23 @@ def view_angle(seed: int, row: int, copy: int, draw: int, max_deg: float) -> flo
     if max_deg <= 0:
         return 0.0
     return float(np.random.default_rng([seed, row, copy, draw]).uniform(-max_deg, max_deg))
+
+
+def prefetched(makers: Iterable[Callable[[], T]]) -> Iterator[T]:
+    """The makers' results in order, the next one made in a background thread while the caller uses this one.
+
+    Image making (OpenCV, numpy; both release the GIL) then overlaps the network's forward pass, as a prefetching
+    tf.data pipeline would, but keeps the batches exactly those of the sequential loop.
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None
+        for make in makers:
+            future = pool.submit(make)
+            if pending is not None:
+                yield pending.result()
+            pending = future
+        if pending is not None:
+            yield pending.result()
 
 
 class ImageInputs:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,7 +20,7 @@ import pandas as pd
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from .data import Slots
+from .data import Slots, prefetched
 from .task import Task
 
 
@@ -34,7 +36,8 @@ class FitSettings:
 
 class Inputs(Protocol):
     """Where a fit's inputs come from: cached tensors held in memory (`in_memory`; then also `tensors`,
-    `positions(rows, copies, draws)` and `y_tensor(targets)` for compiled epochs), or images made batch by batch."""
+    `positions(rows, copies, draws)`, `plain_positions(rows)` and `y_tensor(targets)` for compiled epochs and
+    validation), or images made batch by batch."""
 
     in_memory: bool
 
@@ -85,7 +88,7 @@ class Trainer:
         self.loss = task.loss
         self.seed_generators = [g for layer in model.layers for g in [getattr(layer, "seed_generator", None)] if g]
         self.step = tf.function(self._step, reduce_retracing=True, jit_compile=jit_compile)
-        self._epoch = tf.function(self._epoch_fn, reduce_retracing=True)
+        self._compiled_for = None
 
     def reset(self, s: FitSettings) -> None:
         for v in self.opt.variables:
@@ -113,25 +116,74 @@ class Trainer:
             total += loss * tf.cast(tf.shape(pos)[0], tf.float32)
         return total / tf.cast(n, tf.float32)
 
+    def _predict_fn(self, arrays, positions):
+        n = tf.shape(positions)[0]
+        bs = PREDICT_BATCH
+        parts = tf.TensorArray(tf.float32, size=(n + bs - 1) // bs, infer_shape=False)
+        for b in tf.range((n + bs - 1) // bs):
+            xs = [tf.gather(a, positions[b * bs:(b + 1) * bs]) for a in arrays]
+            parts = parts.write(b, tf.cast(self.model(xs if len(xs) > 1 else xs[0], training=False), tf.float32))
+        return parts.concat()
+
+    def _compiled(self, inputs, targets: np.ndarray):
+        """(epoch, predict) functions over in-memory inputs, traced once: fold sizes differ, so the index vectors
+        are declared of any length (a relaxed retrace per run costs ~0.15 s)."""
+        if self._compiled_for is not inputs:
+            arrays = [tf.TensorSpec(t.shape, t.dtype) for t in inputs.tensors]
+            index = tf.TensorSpec([None], tf.int64)
+            self._epoch = tf.function(self._epoch_fn, input_signature=[
+                arrays, tf.TensorSpec(targets.shape, tf.float32), index, index])
+            self._predict = tf.function(self._predict_fn, input_signature=[arrays, index])
+            self._compiled_for = inputs
+        return self._epoch, self._predict
+
+    def evaluator(self, inputs, rows: np.ndarray, targets: np.ndarray):
+        """A function returning the model's outputs on the plain views of `rows`, called once per epoch: one
+        compiled call over the in-memory cache, or chunked calls on images made once."""
+        if inputs.in_memory and len(rows):
+            pos = tf.constant(inputs.plain_positions(rows), tf.int64)
+            predict_fn = self._compiled(inputs, targets)[1]
+            return lambda: predict_fn(inputs.tensors, pos).numpy()
+        xs = inputs.plain(rows)
+        return lambda: predict(self.model, xs)
+
     def run_epoch(self, inputs, slots: Slots, targets: np.ndarray, epoch: int) -> float:
         order, draws = epoch_plan(self.s, len(slots), epoch)
         rows, copies, draws = slots.rows[order], slots.copies[order], draws[order]
         if inputs.in_memory:
-            return float(self._epoch(inputs.tensors, inputs.y_tensor(targets), inputs.positions(rows, copies, draws),
-                                     tf.constant(rows)))
+            epoch_fn = self._compiled(inputs, targets)[0]
+            return float(epoch_fn(inputs.tensors, inputs.y_tensor(targets),
+                                  tf.constant(inputs.positions(rows, copies, draws), tf.int64), tf.constant(rows, tf.int64)))
         total = 0.0
-        for i in range(0, len(rows), self.batch_size):
-            sl = slice(i, i + self.batch_size)
-            xs = inputs.batch(rows[sl], copies[sl], draws[sl])
+        batches = [slice(i, i + self.batch_size) for i in range(0, len(rows), self.batch_size)]
+        makers = [lambda sl=sl: inputs.batch(rows[sl], copies[sl], draws[sl]) for sl in batches]
+        for sl, xs in zip(batches, prefetched(makers)):
             total += float(self.step([tf.constant(x) for x in xs], tf.constant(targets[rows[sl]]))) * len(rows[sl])
         return total / len(rows)
 
 
-def predict(model: keras.Model, xs: list[np.ndarray], batch_size: int = 64) -> np.ndarray:
-    """Direct calls in chunks: cheaper than model.predict for the small heads, bounded memory for big nets."""
-    n = len(xs[0])
-    parts = [np.asarray(model([a[i:i + batch_size] for a in xs] if len(xs) > 1 else xs[0][i:i + batch_size],
-                              training=False)) for i in range(0, n, batch_size)]
+PREDICT_BATCH = 64
+
+
+_INFERENCE: "weakref.WeakKeyDictionary[keras.Model, Callable]" = weakref.WeakKeyDictionary()
+
+
+def inference(model: keras.Model) -> Callable:
+    """model(x, training=False) as one compiled function for any batch size (traced once per model: an eager call
+    costs 7x a compiled one for MobileNet at 64 px, and Keras' predict_on_batch retraces for every new batch size)."""
+    fn = _INFERENCE.get(model)
+    if fn is None:
+        specs = [tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in model.inputs]
+        ref = weakref.ref(model)  # the cache entry must not keep its model alive
+        fn = _INFERENCE[model] = tf.function(lambda *xs: ref()(list(xs) if len(xs) > 1 else xs[0], training=False),
+                                             input_signature=specs)
+    return fn
+
+
+def predict(model: keras.Model, xs: list[np.ndarray], batch_size: int = PREDICT_BATCH) -> np.ndarray:
+    """Compiled calls in chunks: cheaper than model.predict for the small heads, bounded memory for big nets."""
+    fn = inference(model)
+    parts = [np.asarray(fn(*[a[i:i + batch_size] for a in xs])) for i in range(0, len(xs[0]), batch_size)]
     return np.concatenate(parts) if parts else np.zeros((0, model.output.shape[-1]), np.float32)
 
 
@@ -143,8 +195,7 @@ def fit(trainer: Trainer, inputs: Inputs, slots: Slots, targets: np.ndarray, s: 
     output stops the fit and marks it diverged (its history is kept, selection skips it).
     """
     trainer.reset(s)
-    model = trainer.model
-    val_x = inputs.plain(val_rows) if val_rows is not None else None
+    evaluate = trainer.evaluator(inputs, val_rows, targets) if val_rows is not None else None
     # the baseline a regression's validation MAE is read against: predicting this fit's training mean
     train_mean = float(targets[np.unique(slots.rows), -1].mean()) if task.has_target else None
     records: list[dict] = []
@@ -153,7 +204,7 @@ def fit(trainer: Trainer, inputs: Inputs, slots: Slots, targets: np.ndarray, s: 
                       disable=bool(os.environ.get("TQDM_DISABLE")) or None):
         loss = trainer.run_epoch(inputs, slots, targets, epoch)
         rec = {"epoch": epoch + 1, "loss": loss}
-        out = predict(model, val_x) if val_x is not None and math.isfinite(loss) else None
+        out = evaluate() if evaluate is not None and math.isfinite(loss) else None
         if not math.isfinite(loss) or (out is not None and not np.all(np.isfinite(out))):
             diverged = True
             records.append({**rec, **dict.fromkeys(task.score_names, np.nan)})

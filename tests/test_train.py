@@ -1,0 +1,49 @@
+"""Pieces of the training loop: prefetched batch making and compiled inference."""
+from __future__ import annotations
+
+import threading
+
+import keras
+import numpy as np
+import pytest
+
+from benchmark.data import prefetched
+from benchmark.train import inference, predict
+
+
+def test_prefetched_keeps_order_and_makes_the_next_batch_in_another_thread():
+    threads = []
+
+    def maker(i):
+        def make():
+            threads.append(threading.get_ident())
+            return i
+        return make
+
+    assert list(prefetched([maker(i) for i in range(5)])) == [0, 1, 2, 3, 4]
+    assert set(threads) and threading.get_ident() not in threads
+    assert list(prefetched([])) == []
+
+
+def test_prefetched_raises_the_makers_error_in_order():
+    def boom():
+        raise ValueError("bad image")
+
+    seen = []
+    with pytest.raises(ValueError, match="bad image"):
+        for x in prefetched([lambda: 1, boom, lambda: 3]):
+            seen.append(x)
+    assert seen == [1]
+
+
+def test_inference_is_traced_once_for_every_batch_size_and_equals_the_model():
+    inp = keras.Input((4, 4, 3))
+    x = keras.layers.Conv2D(5, 3, activation="relu")(inp)
+    model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))
+    data = np.random.default_rng(0).normal(size=(70, 4, 4, 3)).astype("float32")
+    out = predict(model, [data], batch_size=32)  # batches of 32, 32 and 6
+    np.testing.assert_allclose(out, np.asarray(model(data, training=False)), atol=1e-5)
+    fn = inference(model)
+    assert fn is inference(model)
+    assert fn.experimental_get_tracing_count() == 1
+    assert predict(model, [data[:0]]).shape == (0, 2)
