@@ -32,9 +32,8 @@ class Profile:
     cache: bool = True
     cache_dtype: str = "float16"
     cache_budget_gb: float = 8.0        # larger caches fall back to the per-epoch path
-    # XLA for the depth-1 training step: TF's CPU kernels for convolution gradients on the small feature maps of a
-    # last block are slow (ResNet50V2 conv5 at 1x1: 494 ms/step plain, 50 ms with XLA, measured on 2 cores)
-    jit_compile_depth1: bool = True
+    # XLA for the depth-1 training step: None takes each backbone's measured choice (registry: depth1_xla)
+    jit_compile_depth1: bool | None = None
     # field overrides for one backbone key, or for "cbr" (the from-scratch baselines); per-run fields only
     per_backbone: dict[str, dict[str, Any]] = field(default_factory=dict)
 

@@ -305,9 +305,10 @@ class ModelRun:
     def _trainer(self) -> Trainer:
         if self._trainer_obj is None:
             p = self.profile
+            xla = self.spec.depth1_xla if p.jit_compile_depth1 is None else p.jit_compile_depth1
             self._trainer_obj = Trainer(self._inputs()[0], batch_size=p.batch_size, momentum=p.momentum,
                                         decay_rate=p.decay_rate, task=self.task,
-                                        jit_compile=p.jit_compile_depth1 and self.depth == 1 and self.spec.pretrained)
+                                        jit_compile=xla and self.depth == 1 and self.spec.pretrained)
         return self._trainer_obj
 
     def _train(self, job: str, train_rows: np.ndarray, lr: float, epochs: int, fold: int | None,

@@ -49,6 +49,13 @@ class BackboneSpec:
     cam_layer: str | None = None   # None: the backbone's last layer (its final feature map)
     weights_file: str | None = None  # Keras cache name of the no-top ImageNet file at 224 px
     cbr: tuple[int, tuple[int, ...]] | None = None  # (kernel size, filters) for the from-scratch baselines
+    # XLA for the depth-1 training step (profile.jit_compile_depth1 may override). On CPU, TF's kernels for the
+    # gradients of some last blocks' convolutions on small maps are slow and XLA's are not; for depthwise and
+    # separable blocks XLA is slower. ms per epoch of 342 slots, plain vs XLA, quick-profile sizes, 2 cores:
+    # ResNet50V2 5300 vs 719, InceptionResNetV2 4504 vs 696, VGG16 4317 vs 2049, InceptionV3 770 vs 620;
+    # MobileNet 32 vs 126, MobileNetV2 154 vs 163, NASNetMobile 73 vs 388, Xception 5282 vs 6527, DenseNet121
+    # 326 vs 249 but 27 s more to compile.
+    depth1_xla: bool = False
 
     def __post_init__(self) -> None:
         if self.builder is not None and (self.unfreeze_from is None) == (self.unfreeze_after is None):
@@ -67,14 +74,15 @@ BACKBONES: dict[str, BackboneSpec] = {s.key: s for s in [
                  unfreeze_from="block_16_expand",
                  weights_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"),
     BackboneSpec("vgg16", "VGG16", 224, 32, A.VGG16, (), "caffe", unfreeze_from="block5_conv1",
-                 cam_layer="block5_conv3", weights_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+                 cam_layer="block5_conv3", weights_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                 depth1_xla=True),
     BackboneSpec("inceptionv3", "InceptionV3", 299, 75, A.InceptionV3, (), "tf", unfreeze_after="mixed9",
-                 weights_file="inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+                 weights_file="inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5", depth1_xla=True),
     BackboneSpec("resnet50v2", "ResNet50V2", 224, 32, A.ResNet50V2, (), "tf", unfreeze_from="conv5_block3_preact_bn",
-                 weights_file="resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+                 weights_file="resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5", depth1_xla=True),
     BackboneSpec("inceptionresnetv2", "InceptionResNetV2", 299, 75, A.InceptionResNetV2, (), "tf",
                  unfreeze_after="block8_9_ac",
-                 weights_file="inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+                 weights_file="inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5", depth1_xla=True),
     BackboneSpec("densenet121", "DenseNet121", 224, 32, A.DenseNet121, (), "torch", unfreeze_from="conv5_block1_0_bn",
                  weights_file="densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
     BackboneSpec("nasnetmobile", "NASNetMobile", 224, 32, A.NASNetMobile, (), "tf", unfreeze_after="normal_concat_11",
