@@ -165,7 +165,7 @@ class Trainer:
 PREDICT_BATCH = 64
 
 
-_INFERENCE: "weakref.WeakKeyDictionary[keras.Model, Callable]" = weakref.WeakKeyDictionary()
+_INFERENCE: weakref.WeakKeyDictionary[keras.Model, Callable] = weakref.WeakKeyDictionary()
 
 
 def inference(model: keras.Model) -> Callable:
