@@ -171,11 +171,10 @@ def _build(prefix: keras.Model | None, ds: Dataset, prep: Preprocessing, views: 
                   for j, shape in enumerate(shapes)]
         angles = views.angles(seed, rotation_deg)
         forward = (lambda x: x) if prefix is None else inference(prefix)
-        batches = [slice(start, start + batch_size) for start in range(0, len(views), batch_size)]
-        makers = [lambda sl=sl: np.stack([ds.make_input(r, prep, a) for r, a in zip(views.rows[sl], angles[sl])])
-                  for sl in batches]
-        for sl, x in tqdm(zip(batches, prefetched(makers)), total=len(batches), desc="feature pass", unit="batch",
-                          leave=False, disable=bool(os.environ.get("TQDM_DISABLE")) or None):  # jobs.py sets it in workers
+        batches = prefetched(len(views), batch_size, lambda sl: np.stack(
+            [ds.make_input(r, prep, a) for r, a in zip(views.rows[sl], angles[sl])]))
+        for sl, x in tqdm(batches, total=-(-len(views) // batch_size), desc="feature pass", unit="batch", leave=False,
+                          disable=bool(os.environ.get("TQDM_DISABLE")) or None):  # jobs.py sets it in workers
             y = forward(x)
             for arr, part in zip(arrays, y if isinstance(y, (list, tuple)) else [y]):
                 arr[sl] = np.asarray(part)
@@ -215,7 +214,7 @@ class CachedInputs:
 
     def positions(self, rows, copies, draws) -> np.ndarray:
         if not self.augment:  # every draw of every copy is the plain view
-            copies, draws = np.full(len(rows), -1), np.zeros(len(rows))
+            return self.plain_positions(rows)
         return self.index(rows, copies, draws)
 
     def plain_positions(self, rows) -> np.ndarray:

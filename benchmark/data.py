@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -287,21 +287,23 @@ def view_angle(seed: int, row: int, copy: int, draw: int, max_deg: float) -> flo
     return float(np.random.default_rng([seed, row, copy, draw]).uniform(-max_deg, max_deg))
 
 
-def prefetched(makers: Iterable[Callable[[], T]]) -> Iterator[T]:
-    """The makers' results in order, the next one made in a background thread while the caller uses this one.
+def prefetched(n: int, batch_size: int, make: Callable[[slice], T]) -> Iterator[tuple[slice, T]]:
+    """(sl, make(sl)) for the consecutive batches sl of range(n), the next batch made in a background thread while
+    the caller uses this one.
 
     Image making (OpenCV, numpy; both release the GIL) then overlaps the network's forward pass, as a prefetching
     tf.data pipeline would, but keeps the batches exactly those of the sequential loop.
     """
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = None
-        for make in makers:
-            future = pool.submit(make)
+        for start in range(0, n, batch_size):
+            sl = slice(start, start + batch_size)
+            future = pool.submit(make, sl)
             if pending is not None:
-                yield pending.result()
-            pending = future
+                yield pending[0], pending[1].result()
+            pending = sl, future
         if pending is not None:
-            yield pending.result()
+            yield pending[0], pending[1].result()
 
 
 class ImageInputs:

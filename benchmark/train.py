@@ -125,24 +125,24 @@ class Trainer:
             parts = parts.write(b, tf.cast(self.model(xs if len(xs) > 1 else xs[0], training=False), tf.float32))
         return parts.concat()
 
-    def _compiled(self, inputs, targets: np.ndarray):
+    def _compiled(self, inputs):
         """(epoch, predict) functions over in-memory inputs, traced once: fold sizes differ, so the index vectors
         are declared of any length (a relaxed retrace per run costs ~0.15 s)."""
         if self._compiled_for is not inputs:
             arrays = [tf.TensorSpec(t.shape, t.dtype) for t in inputs.tensors]
             index = tf.TensorSpec([None], tf.int64)
             self._epoch = tf.function(self._epoch_fn, input_signature=[
-                arrays, tf.TensorSpec(targets.shape, tf.float32), index, index])
+                arrays, tf.TensorSpec([None, None], tf.float32), index, index])
             self._predict = tf.function(self._predict_fn, input_signature=[arrays, index])
             self._compiled_for = inputs
         return self._epoch, self._predict
 
-    def evaluator(self, inputs, rows: np.ndarray, targets: np.ndarray):
+    def evaluator(self, inputs, rows: np.ndarray):
         """A function returning the model's outputs on the plain views of `rows`, called once per epoch: one
         compiled call over the in-memory cache, or chunked calls on images made once."""
         if inputs.in_memory and len(rows):
             pos = tf.constant(inputs.plain_positions(rows), tf.int64)
-            predict_fn = self._compiled(inputs, targets)[1]
+            predict_fn = self._compiled(inputs)[1]
             return lambda: predict_fn(inputs.tensors, pos).numpy()
         xs = inputs.plain(rows)
         return lambda: predict(self.model, xs)
@@ -151,13 +151,11 @@ class Trainer:
         order, draws = epoch_plan(self.s, len(slots), epoch)
         rows, copies, draws = slots.rows[order], slots.copies[order], draws[order]
         if inputs.in_memory:
-            epoch_fn = self._compiled(inputs, targets)[0]
-            return float(epoch_fn(inputs.tensors, inputs.y_tensor(targets),
-                                  tf.constant(inputs.positions(rows, copies, draws), tf.int64), tf.constant(rows, tf.int64)))
+            epoch_fn = self._compiled(inputs)[0]
+            positions = tf.constant(inputs.positions(rows, copies, draws), tf.int64)
+            return float(epoch_fn(inputs.tensors, inputs.y_tensor(targets), positions, tf.constant(rows, tf.int64)))
         total = 0.0
-        batches = [slice(i, i + self.batch_size) for i in range(0, len(rows), self.batch_size)]
-        makers = [lambda sl=sl: inputs.batch(rows[sl], copies[sl], draws[sl]) for sl in batches]
-        for sl, xs in zip(batches, prefetched(makers)):
+        for sl, xs in prefetched(len(rows), self.batch_size, lambda sl: inputs.batch(rows[sl], copies[sl], draws[sl])):
             total += float(self.step([tf.constant(x) for x in xs], tf.constant(targets[rows[sl]]))) * len(rows[sl])
         return total / len(rows)
 
@@ -195,7 +193,7 @@ def fit(trainer: Trainer, inputs: Inputs, slots: Slots, targets: np.ndarray, s: 
     output stops the fit and marks it diverged (its history is kept, selection skips it).
     """
     trainer.reset(s)
-    evaluate = trainer.evaluator(inputs, val_rows, targets) if val_rows is not None else None
+    evaluate = trainer.evaluator(inputs, val_rows) if val_rows is not None else None
     # the baseline a regression's validation MAE is read against: predicting this fit's training mean
     train_mean = float(targets[np.unique(slots.rows), -1].mean()) if task.has_target else None
     records: list[dict] = []

@@ -14,26 +14,27 @@ from benchmark.train import inference, predict
 def test_prefetched_keeps_order_and_makes_the_next_batch_in_another_thread():
     threads = []
 
-    def maker(i):
-        def make():
-            threads.append(threading.get_ident())
-            return i
-        return make
+    def make(sl):
+        threads.append(threading.get_ident())
+        return sl.start
 
-    assert list(prefetched([maker(i) for i in range(5)])) == [0, 1, 2, 3, 4]
+    got = list(prefetched(9, 2, make))
+    assert got == [(slice(i, i + 2), i) for i in (0, 2, 4, 6, 8)]
     assert set(threads) and threading.get_ident() not in threads
-    assert list(prefetched([])) == []
+    assert list(prefetched(0, 2, make)) == []
 
 
 def test_prefetched_raises_the_makers_error_in_order():
-    def boom():
-        raise ValueError("bad image")
+    def make(sl):
+        if sl.start == 1:
+            raise ValueError("bad image")
+        return sl.start
 
     seen = []
     with pytest.raises(ValueError, match="bad image"):
-        for x in prefetched([lambda: 1, boom, lambda: 3]):
+        for _, x in prefetched(3, 1, make):
             seen.append(x)
-    assert seen == [1]
+    assert seen == [0]
 
 
 def test_inference_is_traced_once_for_every_batch_size_and_equals_the_model():
