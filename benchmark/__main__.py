@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .data import BenchmarkInputError
-    from .grid import check_writable, make_experiment, plan, run_grid, synthetic_default
+    from .data import BenchmarkInputError, synthetic_default
+    from .grid import check_writable, make_experiment, plan, run_grid
     from .jobs import make_executor
     from .profiles import get_profile
     from .registry import choose_weights, get_spec

@@ -29,9 +29,9 @@ from data_prep.atomic import atomic_dir
 from data_prep.manifest import file_sha256
 
 from .data import Dataset, prefetched, view_angle
+from .infer import FeaturePass, in_precision, inference
 from .preprocess import Preprocessing
 from .registry import POOLED
-from .train import inference
 
 
 @dataclass(frozen=True)
@@ -147,16 +147,17 @@ def _valid(directory: Path) -> dict | None:
 
 
 def cached_outputs(prefix: keras.Model | None, ds: Dataset, prep: Preprocessing, views: Views, *, cache_dir: Path,
-                   key: str, seed: int, rotation_deg: float, dtype: str = "float16",
-                   batch_size: int = 64, describe: dict | None = None) -> list[np.ndarray]:
+                   key: str, seed: int, rotation_deg: float, run: FeaturePass, dtype: str = "float16",
+                   describe: dict | None = None) -> list[np.ndarray]:
     """The prefix outputs for every view (prefix None: the preprocessed views themselves), computed once and
-    memory-mapped from disk afterwards."""
+    memory-mapped from disk afterwards. `run` says at which precision and batch size the prefix runs; the
+    precision changes the outputs, so the caller's key must include it."""
     directory = Path(cache_dir) / key
     meta = _valid(directory)
     if meta is None:
         if directory.exists():
             print(f"cache {directory} is incomplete or corrupt: rebuilding", flush=True)
-        _build(prefix, ds, prep, views, directory, seed, rotation_deg, dtype, batch_size, describe or {})
+        _build(prefix, ds, prep, views, directory, seed, rotation_deg, dtype, run, describe or {})
         meta = _valid(directory)
         if meta is None:
             raise OSError(f"cache {directory} failed its checksum right after writing (disk full?)")
@@ -164,13 +165,15 @@ def cached_outputs(prefix: keras.Model | None, ds: Dataset, prep: Preprocessing,
 
 
 def _build(prefix: keras.Model | None, ds: Dataset, prep: Preprocessing, views: Views, directory: Path, seed: int,
-           rotation_deg: float, dtype: str, batch_size: int, describe: dict) -> None:
+           rotation_deg: float, dtype: str, run: FeaturePass, describe: dict) -> None:
     with atomic_dir(directory) as tmp:
         shapes = output_shapes(prefix, prep)
         arrays = [np.lib.format.open_memmap(tmp / f"out{j}.npy", mode="w+", dtype=dtype, shape=(len(views), *shape))
                   for j, shape in enumerate(shapes)]
         angles = views.angles(seed, rotation_deg)
-        forward = (lambda x: x) if prefix is None else inference(prefix)
+        net = None if prefix is None else in_precision(prefix, run.precision)  # held here: inference() keeps no model alive
+        forward = (lambda x: x) if net is None else inference(net)
+        batch_size = run.batch_size
         batches = prefetched(len(views), batch_size, lambda sl: np.stack(
             [ds.make_input(r, prep, a) for r, a in zip(views.rows[sl], angles[sl])]))
         for sl, x in tqdm(batches, total=-(-len(views) // batch_size), desc="feature pass", unit="batch", leave=False,
@@ -185,7 +188,8 @@ def _build(prefix: keras.Model | None, ds: Dataset, prep: Preprocessing, views: 
         for j in range(len(shapes)):
             path = tmp / f"out{j}.npy"
             files.append({"name": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)})
-        meta = {"files": files, "n_views": len(views), "dtype": dtype, **describe}
+        meta = {"files": files, "n_views": len(views), "dtype": dtype, "precision": run.precision,
+                "batch_size": batch_size, **describe}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
 
 

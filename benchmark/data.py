@@ -5,8 +5,11 @@ Everything here is plain numpy/pandas/scikit-learn and seeded; no TensorFlow.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
+import os
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +27,20 @@ from data_prep.manifest import dataset_classes, file_sha256, labelled, load_imag
 from .preprocess import Preprocessing, make_input
 
 T = TypeVar("T")
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("CARDIAC_BENCH_CACHE", Path.home() / ".cache" / "cardiac-bench"))
+
+
+def synthetic_default(patients: int, seed: int = 0) -> Path:
+    """The embedded phantom dataset, generated on first use and reused afterwards."""
+    from data_prep import synthetic
+    path = default_cache_root() / f"synthetic-p{patients}-s{seed}"
+    if not (path / "manifest.csv").is_file():
+        print(f"generating the synthetic default ({patients} patients) in {path}", flush=True)
+        synthetic.generate(path, patients=patients, seed=seed, overwrite=True)
+    return path
 
 
 class BenchmarkInputError(ValueError):
@@ -287,23 +304,32 @@ def view_angle(seed: int, row: int, copy: int, draw: int, max_deg: float) -> flo
     return float(np.random.default_rng([seed, row, copy, draw]).uniform(-max_deg, max_deg))
 
 
-def prefetched(n: int, batch_size: int, make: Callable[[slice], T]) -> Iterator[tuple[slice, T]]:
-    """(sl, make(sl)) for the consecutive batches sl of range(n), the next batch made in a background thread while
-    the caller uses this one.
+def prefetch_workers() -> int:
+    """Threads that make batches ahead: the cores this process may use, less the one that runs the network
+    (one on a 2-core machine; capped at 8, where a GPU's feature pass stops being limited by image making)."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) - 1))
 
-    Image making (OpenCV, numpy; both release the GIL) then overlaps the network's forward pass, as a prefetching
-    tf.data pipeline would, but keeps the batches exactly those of the sequential loop.
+
+def prefetched(n: int, batch_size: int, make: Callable[[slice], T],
+               workers: int | None = None) -> Iterator[tuple[slice, T]]:
+    """(sl, make(sl)) for the consecutive batches sl of range(n), in order, the next `workers` batches made in
+    background threads (default `prefetch_workers()`) while the caller uses this one.
+
+    Image making (OpenCV, numpy; both release the GIL) then overlaps the network's forward pass, as a prefetching,
+    parallel-mapped tf.data pipeline would, but keeps the batches exactly those of the sequential loop.
     """
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = None
-        for start in range(0, n, batch_size):
-            sl = slice(start, start + batch_size)
-            future = pool.submit(make, sl)
-            if pending is not None:
-                yield pending[0], pending[1].result()
-            pending = sl, future
-        if pending is not None:
-            yield pending[0], pending[1].result()
+    workers = workers or prefetch_workers()
+    starts = iter(range(0, n, batch_size))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        for start in itertools.islice(starts, workers):
+            pending.append((slice(start, start + batch_size), pool.submit(make, slice(start, start + batch_size))))
+        while pending:
+            sl, future = pending.popleft()
+            start = next(starts, None)
+            if start is not None:
+                pending.append((slice(start, start + batch_size), pool.submit(make, slice(start, start + batch_size))))
+            yield sl, future.result()
 
 
 class ImageInputs:

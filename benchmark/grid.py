@@ -1,7 +1,6 @@
 """The run grid: which (backbone, depth) runs an invocation makes, the shared Experiment, and the summary table."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,20 +18,6 @@ from .task import make_task
 
 SUMMARY_COLUMNS = ["run", "backbone", "name", "depth", "weights", "status", "f1_oap", "f1_in", "f1_obs", "macro_f1",
                    "accuracy", "soft_accuracy", "auc_micro", "auc_weighted", "mae", "rmse", "r2", "mae_mean_baseline"]
-
-
-def default_cache_root() -> Path:
-    return Path(os.environ.get("CARDIAC_BENCH_CACHE", Path.home() / ".cache" / "cardiac-bench"))
-
-
-def synthetic_default(patients: int, seed: int = 0) -> Path:
-    """The embedded phantom dataset, generated on first use and reused afterwards."""
-    from data_prep import synthetic
-    path = default_cache_root() / f"synthetic-p{patients}-s{seed}"
-    if not (path / "manifest.csv").is_file():
-        print(f"generating the synthetic default ({patients} patients) in {path}", flush=True)
-        synthetic.generate(path, patients=patients, seed=seed, overwrite=True)
-    return path
 
 
 def plan(backbones: list[str], depth: str) -> list[tuple[str, int]]:

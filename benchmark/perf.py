@@ -11,6 +11,13 @@ extraction over the bank, the floor the cached path approaches, and "fits" the r
 step included). Both paths build the network before their clock starts (the same ~1 s either way). Depth 1 starts
 every fold from the same depth-0 fold models in both paths (built once beforehand, not timed), so only the depth-1
 fits differ.
+
+`--feature-pass` instead times the depth-0 feature pass alone at each precision and batch size (`--precisions`,
+`--batches`), on whatever device the Keras backend runs on, for choosing `infer.FEATURE_PASS`. Per setting it prints
+the network's throughput on batches already in memory (after one compiling call) and the end-to-end feature pass
+over the bank (`cache.cached_outputs`: image making, compiling and writing included), plus how far the features
+move from float32 (relative L2 error of the pooled features). It needs no TensorFlow (any Keras backend), e.g. `KERAS_BACKEND=jax python -m benchmark.perf
+--feature-pass --input-size 224 --profile paper`.
 """
 from __future__ import annotations
 
@@ -38,9 +45,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", default="auto")
     p.add_argument("--input-size", type=int, help="override the profile's input size for this backbone")
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    p.add_argument("--feature-pass", action="store_true",
+                   help="instead, time the depth-0 feature pass alone for each precision and batch size: the "
+                        "network's images/s, the whole pass over the bank, the features' drift from float32")
+    p.add_argument("--precisions", help="comma-separated Keras dtype policies for --feature-pass (default: float32 "
+                                        "and this device's default)")
+    p.add_argument("--batches", default="64,512", help="comma-separated batch sizes for --feature-pass")
+    p.add_argument("--max-views", type=int, help="--feature-pass: use at most this many views of the bank")
     args = p.parse_args(argv)
+    if args.feature_pass:
+        return feature_pass_sweep(args)
 
-    from .grid import make_experiment, synthetic_default
+    from .data import synthetic_default
+    from .grid import make_experiment
     from .profiles import get_profile
     from .protocol import ModelRun
     from .registry import get_spec
@@ -97,6 +114,103 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
+
+
+def feature_pass_sweep(args: argparse.Namespace) -> int:
+    import keras
+    import numpy as np
+
+    from .cache import bank_views, cached_outputs, depth0_start, split_model
+    from .data import (
+        Dataset,
+        oversample_factors,
+        prefetch_workers,
+        prefetched,
+        synthetic_default,
+    )
+    from .infer import (
+        PRECISIONS,
+        FeaturePass,
+        device_kind,
+        feature_pass,
+        in_precision,
+        inference,
+    )
+    from .preprocess import Preprocessing
+    from .profiles import get_profile
+    from .registry import build_model, choose_weights, get_spec
+
+    profile = get_profile(args.profile)
+    spec = get_spec(args.backbone)
+    if not spec.pretrained:
+        raise SystemExit(f"--feature-pass needs a pretrained backbone; {spec.key} has no frozen part")
+    size = args.input_size or profile.input_size(spec)
+    precisions = (args.precisions.split(",") if args.precisions
+                  else list(dict.fromkeys(["float32", feature_pass().precision])))
+    bad = [x for x in precisions if x not in PRECISIONS]
+    if bad:
+        raise SystemExit(f"--precisions: {bad} not in {', '.join(PRECISIONS)}")
+    batches = sorted(int(b) for b in args.batches.split(","))
+    ds = Dataset.load(args.data or synthetic_default(profile.synthetic_patients))
+    rows = np.arange(len(ds.rows))
+    factors = oversample_factors(ds.rows.y.to_numpy(), len(ds.classes), profile.oversample)
+    views = bank_views(ds, rows, factors, profile.bank_views, augment=profile.rotation_deg > 0)
+    if args.max_views and len(views) > args.max_views:
+        views = type(views)(views.rows[:args.max_views], views.copies[:args.max_views], views.draws[:args.max_views])
+    weights_desc, weights = choose_weights(spec, args.weights, size)
+    model = build_model(spec, size, len(ds.classes), weights=weights)
+    prefix = split_model(model, depth0_start(model))[0]
+    prep = Preprocessing(size, spec.preprocess_mode)
+    angles = views.angles(0, profile.rotation_deg)
+    n_mem = min(len(views), max(batches))
+    images = np.stack([ds.make_input(r, prep, a) for r, a in zip(views.rows[:n_mem], angles[:n_mem])])
+    where = f"{device_kind()} ({keras.backend.backend()} backend)"
+    print(f"feature pass {spec.key} at {size} px, weights {weights_desc}: {len(views)} views, on {where}", flush=True)
+    reference: dict[int, np.ndarray] = {}
+    results = []
+    with tempfile.TemporaryDirectory(prefix="perf-fp-") as tmp:
+        for precision in sorted(precisions, key=lambda x: x != "float32"):  # float32 first: the reference
+            for bs in batches:
+                batch = images[:bs]
+                model_at = in_precision(prefix, precision)  # held here: inference() keeps no model alive
+                net = inference(model_at)
+                first = np.asarray(net(batch))  # compiles
+                ref = reference.setdefault(bs, first) if precision == "float32" else reference.get(bs)
+                drift = float(np.linalg.norm(first - ref) / np.linalg.norm(ref)) if ref is not None else float("nan")
+                reps = max(3, -(-len(views) // bs))
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    last = net(batch)
+                np.asarray(last)
+                network = reps * len(batch) / (time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                cached_outputs(prefix, ds, prep, views, cache_dir=Path(tmp), key=f"{precision}-{bs}", seed=0,
+                               rotation_deg=profile.rotation_deg, run=FeaturePass(precision, bs))
+                end_to_end = time.perf_counter() - t0
+                print(f"  {precision:<15} batch {bs:>4}: network {network:8.0f} img/s, end-to-end "
+                      f"{len(views) / end_to_end:8.0f} img/s ({end_to_end:.1f} s with compiling and image making), "
+                      f"features off float32 by {100 * drift:.2f} % (relative L2)", flush=True)
+                results.append({"precision": precision, "batch_size": bs, "network_img_s": network,
+                                "end_to_end_s": end_to_end, "views": len(views), "drift_vs_float32": drift})
+    def make(sl: slice) -> np.ndarray:
+        return np.stack([ds.make_input(r, prep, a) for r, a in zip(views.rows[sl], angles[sl])])
+
+    workers = prefetch_workers()
+    make_rate = {w: n_mem / _timed(lambda w=w: list(prefetched(n_mem, 32, make, workers=w)))
+                 for w in sorted({1, workers})}
+    print("  image making alone: " + ", ".join(f"{r:.0f} img/s with {w} thread{'s' * (w > 1)}"
+                                                 for w, r in make_rate.items()), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"device": where, "backbone": spec.key, "input_size": size,
+                                         "weights": weights_desc, "image_making_img_s_by_threads": make_rate,
+                                         "settings": results}, indent=2))
+    return 0
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 if __name__ == "__main__":

@@ -37,12 +37,13 @@ from .cache import (CachedInputs, Views, bank_views, bytes_per_view, cache_key, 
                     plain_views, split_model, weights_fingerprint)
 from .data import BenchmarkInputError, Dataset, ImageInputs, Slots, folds_frame, oversample_factors
 from .decode import decode_stacks
+from .infer import feature_pass, predict
 from .metrics import classification_metrics, range_metrics, regression_metrics
 from .preprocess import Preprocessing
 from .profiles import Profile
 from .registry import BACKBONES, HEAD_DENSE, BackboneSpec, build_model, choose_weights, head, head_layers, set_depth
 from .task import Task, lower_is_better
-from .train import FitSettings, Trainer, fit, predict
+from .train import FitSettings, Trainer, fit
 
 RESULTS_FORMAT = 1
 DONE = "DONE"
@@ -235,16 +236,19 @@ class ModelRun:
             print(f"{self.name}: cache would need {need / 2**30:.1f} GiB (> cache_budget_gb "
                   f"{p.cache_budget_gb}); using the per-epoch path", flush=True)
             return None
+        run = feature_pass(p.feature_precision, p.feature_batch)
         key = cache_key(backbone=self.spec.key, weights=weights_fingerprint(self.weights_path),
                         prep=self.prep.key(), data=exp.ds.content_sha256, views=views.digest(),
                         start=model.layers[self.start].name if prefix is not None else "input", seed=exp.seed,
-                        rotation=p.rotation_deg, dtype=p.cache_dtype, keras=keras.__version__)
+                        rotation=p.rotation_deg, dtype=p.cache_dtype, precision=run.precision,
+                        keras=keras.__version__)
         t0 = time.perf_counter()
         arrays = cached_outputs(prefix, exp.ds, self.prep, views, cache_dir=exp.cache_dir, key=key, seed=exp.seed,
-                                rotation_deg=p.rotation_deg, dtype=p.cache_dtype,
+                                rotation_deg=p.rotation_deg, run=run, dtype=p.cache_dtype,
                                 describe={"backbone": self.spec.key, "run": self.name, "bytes_per_view": per_view})
         self.timing["feature_pass_s"] = self.timing.get("feature_pass_s", 0.0) + time.perf_counter() - t0
         self.timing["cache_bytes_per_view"] = per_view
+        self.timing["feature_pass"] = {"precision": run.precision, "batch_size": run.batch_size}
         return trainable, CachedInputs(arrays, views, exp.augment), p.bank_views if exp.augment else 1
 
     # ---- jobs ----------------------------------------------------------------------------------------------------
@@ -271,7 +275,8 @@ class ModelRun:
         self._inputs()
         d = self._job_dir("features")
         atomic.write_json(d / "job.json", {"seconds": time.perf_counter() - t0,
-                                           "cache_bytes_per_view": self.timing.get("cache_bytes_per_view")})
+                                           "cache_bytes_per_view": self.timing.get("cache_bytes_per_view"),
+                                           "feature_pass": self.timing.get("feature_pass")})
         atomic.write_text(d / DONE, "")
 
     def _init_weights(self, job: str, fold: int | None) -> None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,6 +19,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from .data import Slots, prefetched
+from .infer import PREDICT_BATCH, predict
 from .task import Task
 
 
@@ -158,31 +157,6 @@ class Trainer:
         for sl, xs in prefetched(len(rows), self.batch_size, lambda sl: inputs.batch(rows[sl], copies[sl], draws[sl])):
             total += float(self.step([tf.constant(x) for x in xs], tf.constant(targets[rows[sl]]))) * len(rows[sl])
         return total / len(rows)
-
-
-PREDICT_BATCH = 64
-
-
-_INFERENCE: weakref.WeakKeyDictionary[keras.Model, Callable] = weakref.WeakKeyDictionary()
-
-
-def inference(model: keras.Model) -> Callable:
-    """model(x, training=False) as one compiled function for any batch size (traced once per model: an eager call
-    costs 7x a compiled one for MobileNet at 64 px, and Keras' predict_on_batch retraces for every new batch size)."""
-    fn = _INFERENCE.get(model)
-    if fn is None:
-        specs = [tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in model.inputs]
-        ref = weakref.ref(model)  # the cache entry must not keep its model alive
-        fn = _INFERENCE[model] = tf.function(lambda *xs: ref()(list(xs) if len(xs) > 1 else xs[0], training=False),
-                                             input_signature=specs)
-    return fn
-
-
-def predict(model: keras.Model, xs: list[np.ndarray], batch_size: int = PREDICT_BATCH) -> np.ndarray:
-    """Compiled calls in chunks: cheaper than model.predict for the small heads, bounded memory for big nets."""
-    fn = inference(model)
-    parts = [np.asarray(fn(*[a[i:i + batch_size] for a in xs])) for i in range(0, len(xs[0]), batch_size)]
-    return np.concatenate(parts) if parts else np.zeros((0, model.output.shape[-1]), np.float32)
 
 
 def fit(trainer: Trainer, inputs: Inputs, slots: Slots, targets: np.ndarray, s: FitSettings, task: Task, *,

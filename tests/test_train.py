@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from benchmark.data import prefetched
-from benchmark.train import inference, predict
+from benchmark.infer import inference, predict
 
 
 def test_prefetched_keeps_order_and_makes_the_next_batch_in_another_thread():
@@ -22,6 +22,19 @@ def test_prefetched_keeps_order_and_makes_the_next_batch_in_another_thread():
     assert got == [(slice(i, i + 2), i) for i in (0, 2, 4, 6, 8)]
     assert set(threads) and threading.get_ident() not in threads
     assert list(prefetched(0, 2, make)) == []
+
+
+def test_prefetched_makes_several_batches_at_once_and_yields_them_in_order():
+    barrier = threading.Barrier(3, timeout=10)  # breaks unless the first three batches are made concurrently
+
+    def make(sl):
+        if sl.start < 3:
+            barrier.wait()
+        return list(range(sl.start, min(sl.stop, 10)))
+
+    got = list(prefetched(10, 1, make, workers=3))
+    assert [x for _, x in got] == [[i] for i in range(10)]
+    assert [sl.start for sl, _ in got] == list(range(10))
 
 
 def test_prefetched_raises_the_makers_error_in_order():
