@@ -101,7 +101,8 @@ def build_graph(exp: Experiment, pairs: list[tuple[str, int]]) -> "OrderedDict[J
 # ---- running one job (in whichever process the executor chose) -----------------------------------------------------
 STEPS: dict[str, Callable[[ModelRun, Job], Any]] = {
     "features": lambda run, job: run.features(),
-    "cv": lambda run, job: run.cv_job(job.lr, job.fold),
+    # where fits may run in threads, the first CV job of a run starts all of its pending CV fits
+    "cv": lambda run, job: run.cv_jobs(None if run.parallel_fits() > 1 else [(job.lr, job.fold)]),
     "select": lambda run, job: run.selection(),
     "foldinit": lambda run, job: run.fold_head(job.fold),
     "final": lambda run, job: run.final(),
@@ -120,12 +121,14 @@ class _Worker:
     def __init__(self) -> None:
         self.experiments: dict[str, Experiment] = {}
         self.runs: OrderedDict[tuple[str, str, int], ModelRun] = OrderedDict()
+        self.threads_allowed = False  # the in-process executor allows CV fits in threads (see ModelRun.parallel_fits)
 
     def run_for(self, exp: Experiment, job: Job) -> ModelRun:
         exp = self.experiments.setdefault(str(exp.out), exp)
         key = (str(exp.out), job.backbone, job.depth)
         if key not in self.runs:
             self.runs[key] = ModelRun(exp, get_spec(job.backbone), job.depth)
+            self.runs[key].threads_allowed = self.threads_allowed
             while len(self.runs) > self.keep_runs:
                 self.runs.popitem(last=False)
         self.runs.move_to_end(key)
@@ -182,8 +185,11 @@ class Executor:
 
 
 class InProcess(Executor):
+    """Jobs one after another in this process; a cached depth-0 run's CV fits in threads (one job, see STEPS)."""
+
     def __init__(self) -> None:
         self.pending: list[tuple[Experiment, Job]] = []
+        _WORKER.threads_allowed = True
 
     def submit(self, exp, job):
         self.pending.append((exp, job))

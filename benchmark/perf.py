@@ -10,7 +10,8 @@ per comparison, e.g.
 extraction over the bank, the floor the cached path approaches, and "fits" the rest (tracing the compiled training
 step included). Both paths build the network before their clock starts (the same ~1 s either way). Depth 1 starts
 every fold from the same depth-0 fold models in both paths (built once beforehand, not timed), so only the depth-1
-fits differ.
+fits differ. Fits run as under the default (in-process) executor: the cached depth-0 fits several at a time in
+threads (`ModelRun.parallel_fits`), all others one at a time.
 
 `--feature-pass` instead times the depth-0 feature pass alone at each precision and batch size (`--precisions`,
 `--batches`), on whatever device the Keras backend runs on, for choosing `infer.FEATURE_PASS`. Per setting it prints
@@ -92,21 +93,23 @@ def main(argv: list[str] | None = None) -> int:
                     (out / d0.name).parent.mkdir(parents=True, exist_ok=True)
                     os.symlink(shared / d0.name, out / d0.name)
                 run = ModelRun(exp, spec, depth)
+                run.threads_allowed = True  # as under the default (in-process) executor
                 run.model  # noqa: B018 (built, with its weights, before the clock starts: the same in both paths)
                 t0 = time.perf_counter()
-                for k in range(args.folds):
-                    run.cv_job(lr, k)
+                run.cv_jobs([(lr, k) for k in range(args.folds)])
                 timings["cached" if use_cache else "per_epoch"] = time.perf_counter() - t0
                 if use_cache:
                     timings["feature_pass"] = run.timing.get("feature_pass_s", float("nan"))
                     timings["bytes_per_view"] = run.timing.get("cache_bytes_per_view")
                     timings["views"] = len(exp.cache_views(run.profile.bank_views))
+                    timings["concurrent_fits"] = run.parallel_fits()
             ratio = timings["per_epoch"] / timings["cached"]
             floor = timings["cached"] / timings["feature_pass"]
             print(f"depth{depth} {spec.key}: per-epoch {timings['per_epoch']:.1f} s, cached {timings['cached']:.1f} s, "
                   f"ratio {ratio:.1f}x, feature pass alone {timings['feature_pass']:.1f} s "
                   f"(cached = {floor:.2f}x the feature pass, fits {timings['cached'] - timings['feature_pass']:.1f} s; "
-                  f"{timings['views']} views of {timings['bytes_per_view']} bytes cached; {args.folds} folds x 1 LR "
+                  f"{timings['views']} views of {timings['bytes_per_view']} bytes cached, {timings['concurrent_fits']} "
+                  f"fit(s) at a time; {args.folds} folds x 1 LR "
                   f"({lr:g}) x {args.epochs} epochs, input {prof.input_size(spec)} px)", flush=True)
             results[f"depth{depth}"] = {**timings, "ratio": ratio, "cached_over_feature_pass": floor, "lr": lr,
                                         "epochs": args.epochs, "folds": args.folds,

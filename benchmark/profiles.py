@@ -36,6 +36,9 @@ class Profile:
     # (infer.FEATURE_PASS: float32 and 64 on a CPU, mixed precision and larger batches on a GPU)
     feature_precision: str | None = None
     feature_batch: int | None = None
+    # depth-0 CV fits on cached features run this many at a time in threads when jobs run in one process;
+    # None: one more than the cores, at most 4 (protocol.ModelRun.parallel_fits)
+    cv_threads: int | None = None
     # XLA for the depth-1 training step: None takes each backbone's measured choice (registry: depth1_xla)
     jit_compile_depth1: bool | None = None
     # field overrides for one backbone key, or for "cbr" (the from-scratch baselines); per-run fields only
@@ -72,7 +75,8 @@ class Profile:
 
 # what may differ between the models of one grid; data-level fields (folds, split, augmentation) may not
 PER_RUN_FIELDS = {"epochs", "batch_size", "lr_depth0", "lr_depth1", "lr_cbr", "dropout", "bank_views",
-                  "cache_dtype", "cache_budget_gb", "jit_compile_depth1", "feature_precision", "feature_batch"}
+                  "cache_dtype", "cache_budget_gb", "jit_compile_depth1", "feature_precision", "feature_batch",
+                  "cv_threads"}
 
 PROFILES: dict[str, Profile] = {p.name: p for p in [
     Profile("paper", "Ho & Kim 2021: paper input sizes, 3 LRs x 5 folds x 50 epochs, batch 32, oversample 6, "

@@ -123,3 +123,24 @@ def test_results_from_other_settings_are_refused(tiny_synthetic, tmp_path):
     (first.dir / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(BenchmarkInputError, match="results format 0"):
         run_for(0).check_dir(force=False)
+
+
+def test_cv_fits_in_threads_equal_fits_one_at_a_time(tiny_synthetic, tmp_path):
+    """Cached depth-0 CV fits run two at a time in threads (each with its own copy of the head and its own
+    Trainer) give exactly the histories and the selection of fits run one after another."""
+    results = {}
+    for threads in (1, 2):
+        profile = tiny_profile(lr_depth0=(1e-2, 1e-3), cv_threads=threads, input_sizes={"resnet50v2": 32})
+        exp = make_experiment(tiny_synthetic, profile, 0,
+                              tmp_path / str(threads), "none", use_cache=True, test_fraction=0.25,
+                              cache_dir=tmp_path / "cache")
+        run = ModelRun(exp, get_spec("resnet50v2"), 0)  # random-init features that are not ~0, unlike MobileNet's
+        run.threads_allowed = True
+        assert run.parallel_fits() == threads
+        hist = run.cv()
+        jobs = [json.loads(p.read_text()) for p in sorted(run.dir.glob("jobs/cv_*/job.json"))]
+        assert len(jobs) == 4 and {j["concurrent_fits"] for j in jobs} == {threads}
+        results[threads] = hist, run.selection()
+    pd.testing.assert_frame_equal(results[1][0], results[2][0])
+    assert results[1][1] == results[2][1]
+    assert results[1][0].val_loss.notna().all() and results[1][0].val_loss.nunique() > 4  # real, varied fits

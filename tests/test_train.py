@@ -61,3 +61,16 @@ def test_inference_is_traced_once_for_every_batch_size_and_equals_the_model():
     assert fn is inference(model)
     assert fn.experimental_get_tracing_count() == 1
     assert predict(model, [data[:0]]).shape == (0, 2)
+
+
+def test_view_index_finds_every_view_and_names_a_missing_one():
+    from benchmark.cache import ViewIndex, Views
+    rows = np.repeat(np.arange(50), 6)
+    copies = np.tile([-1, 0, 0, 1, 1, 2], 50)
+    draws = np.tile([0, 0, 1, 0, 1, 0], 50)
+    order = np.random.default_rng(0).permutation(len(rows))
+    index = ViewIndex(Views(rows[order], copies[order], draws[order]))
+    q = np.random.default_rng(1).integers(0, len(rows), 500)
+    np.testing.assert_array_equal(index(rows[order][q], copies[order][q], draws[order][q]), q)
+    with pytest.raises(KeyError, match=r"row 7, copy 2, draw 1"):
+        index(np.array([3, 7]), np.array([0, 2]), np.array([1, 1]))
