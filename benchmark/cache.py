@@ -185,11 +185,11 @@ def _build(prefix: keras.Model | None, ds: Dataset, prep: Preprocessing, views: 
         arrays = [np.lib.format.open_memmap(tmp / f"out{j}.npy", mode="w+", dtype=dtype, shape=(len(views), *shape))
                   for j, shape in enumerate(shapes)]
         angles = views.angles(seed, rotation_deg)
-        net = None if prefix is None else in_precision(prefix, run.precision)  # held here: inference() keeps no model alive
+        # held here for the whole pass: inference() keeps no model alive
+        net = None if prefix is None else in_precision(prefix, run.precision)
         forward = (lambda x: x) if net is None else inference(net)
         batch_size = run.batch_size
-        batches = prefetched(len(views), batch_size, lambda sl: np.stack(
-            [ds.make_input(r, prep, a) for r, a in zip(views.rows[sl], angles[sl])]))
+        batches = prefetched(len(views), batch_size, lambda sl: ds.make_inputs(views.rows[sl], prep, angles[sl]))
         for sl, x in tqdm(batches, total=-(-len(views) // batch_size), desc="feature pass", unit="batch", leave=False,
                           disable=bool(os.environ.get("TQDM_DISABLE")) or None):  # jobs.py sets it in workers
             y = forward(x)

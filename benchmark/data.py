@@ -118,6 +118,12 @@ class Dataset:
     def make_input(self, i: int, prep: Preprocessing, angle: float = 0.0) -> np.ndarray:
         return make_input(self.channels(i, prep.input_kind), prep, angle)
 
+    def make_inputs(self, rows: Sequence[int], prep: Preprocessing,
+                    angles: Sequence[float] | None = None) -> np.ndarray:
+        """The inputs of several rows as one batch, each rotated by its angle (default: none)."""
+        angles = np.zeros(len(rows)) if angles is None else angles
+        return np.stack([self.make_input(int(r), prep, a) for r, a in zip(rows, angles)])
+
     def stacks(self, idx: np.ndarray) -> pd.DataFrame:
         return self.rows.loc[idx, ["patient", "frame", "slice"]].reset_index(drop=True)
 
@@ -319,16 +325,13 @@ def prefetched(n: int, batch_size: int, make: Callable[[slice], T],
     parallel-mapped tf.data pipeline would, but keeps the batches exactly those of the sequential loop.
     """
     workers = workers or prefetch_workers()
-    starts = iter(range(0, n, batch_size))
+    slices = (slice(start, start + batch_size) for start in range(0, n, batch_size))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque = deque()
-        for start in itertools.islice(starts, workers):
-            pending.append((slice(start, start + batch_size), pool.submit(make, slice(start, start + batch_size))))
+        pending = deque((sl, pool.submit(make, sl)) for sl in itertools.islice(slices, workers))
         while pending:
             sl, future = pending.popleft()
-            start = next(starts, None)
-            if start is not None:
-                pending.append((slice(start, start + batch_size), pool.submit(make, slice(start, start + batch_size))))
+            for nxt in itertools.islice(slices, 1):
+                pending.append((nxt, pool.submit(make, nxt)))
             yield sl, future.result()
 
 
@@ -341,8 +344,8 @@ class ImageInputs:
         self.ds, self.prep, self.seed, self.rotation_deg = ds, prep, seed, rotation_deg
 
     def batch(self, rows, copies, draws) -> list[np.ndarray]:
-        return [np.stack([self.ds.make_input(r, self.prep, view_angle(self.seed, r, c, d, self.rotation_deg))
-                          for r, c, d in zip(rows, copies, draws)])]
+        angles = [view_angle(self.seed, r, c, d, self.rotation_deg) for r, c, d in zip(rows, copies, draws)]
+        return [self.ds.make_inputs(rows, self.prep, angles)]
 
     def plain(self, rows) -> list[np.ndarray]:
-        return [np.stack([self.ds.make_input(r, self.prep) for r in rows])]
+        return [self.ds.make_inputs(rows, self.prep)]

@@ -17,8 +17,8 @@ threads (`ModelRun.parallel_fits`), all others one at a time.
 `--batches`), on whatever device the Keras backend runs on, for choosing `infer.FEATURE_PASS`. Per setting it prints
 the network's throughput on batches already in memory (after one compiling call) and the end-to-end feature pass
 over the bank (`cache.cached_outputs`: image making, compiling and writing included), plus how far the features
-move from float32 (relative L2 error of the pooled features). It needs no TensorFlow (any Keras backend), e.g. `KERAS_BACKEND=jax python -m benchmark.perf
---feature-pass --input-size 224 --profile paper`.
+move from float32 (relative L2 error of the pooled features). It needs no TensorFlow (any Keras backend), e.g.
+`KERAS_BACKEND=jax python -m benchmark.perf --feature-pass --input-size 224 --profile paper`.
 """
 from __future__ import annotations
 
@@ -166,7 +166,7 @@ def feature_pass_sweep(args: argparse.Namespace) -> int:
     prep = Preprocessing(size, spec.preprocess_mode)
     angles = views.angles(0, profile.rotation_deg)
     n_mem = min(len(views), max(batches))
-    images = np.stack([ds.make_input(r, prep, a) for r, a in zip(views.rows[:n_mem], angles[:n_mem])])
+    images = ds.make_inputs(views.rows[:n_mem], prep, angles[:n_mem])
     where = f"{device_kind()} ({keras.backend.backend()} backend)"
     print(f"feature pass {spec.key} at {size} px, weights {weights_desc}: {len(views)} views, on {where}", flush=True)
     reference: dict[int, np.ndarray] = {}
@@ -195,12 +195,12 @@ def feature_pass_sweep(args: argparse.Namespace) -> int:
                       f"features off float32 by {100 * drift:.2f} % (relative L2)", flush=True)
                 results.append({"precision": precision, "batch_size": bs, "network_img_s": network,
                                 "end_to_end_s": end_to_end, "views": len(views), "drift_vs_float32": drift})
-    def make(sl: slice) -> np.ndarray:
-        return np.stack([ds.make_input(r, prep, a) for r, a in zip(views.rows[sl], angles[sl])])
 
-    workers = prefetch_workers()
+    def make(sl: slice) -> np.ndarray:
+        return ds.make_inputs(views.rows[sl], prep, angles[sl])
+
     make_rate = {w: n_mem / _timed(lambda w=w: list(prefetched(n_mem, 32, make, workers=w)))
-                 for w in sorted({1, workers})}
+                 for w in sorted({1, prefetch_workers()})}
     print("  image making alone: " + ", ".join(f"{r:.0f} img/s with {w} thread{'s' * (w > 1)}"
                                                  for w, r in make_rate.items()), flush=True)
     if args.json:

@@ -355,7 +355,7 @@ def predict_study(trained: TrainedModel, ds: Dataset, kind: str, timing: dict[st
     for start in tqdm(range(0, n, BATCH), desc="predicting", unit="batch", disable=None, file=sys.stderr):
         idx = range(start, min(start + BATCH, n))
         t0 = time.perf_counter()
-        x = np.stack([ds.make_input(i, prep) for i in idx])
+        x = ds.make_inputs(idx, prep)
         for i in idx:  # what the network sees: the windowed centre crop of the slice itself
             views[i] = crop_resize(window(ds.native(i), prep.window), prep.crop_fraction, DISPLAY_PX) / 255.0
         t1 = time.perf_counter()

@@ -339,7 +339,8 @@ class ModelRun:
         return fit(trainer, inputs, slots, self.targets, s, self.task, val_rows=val_rows,
                    desc=f"{self.name} {job}")
 
-    def cv_job(self, lr: float, fold: int, trainer: Trainer | None = None) -> pd.DataFrame:
+    def cv_job(self, lr: float, fold: int, trainer: Trainer | None = None, concurrent: int = 1) -> pd.DataFrame:
+        """One CV fit (`concurrent`: how many fits ran at once with it, recorded in its job.json)."""
         job = job_dir_name("cv", lr, fold)
         d = self._job_dir(job)
         if self.marker("cv", lr, fold).is_file():
@@ -352,7 +353,7 @@ class ModelRun:
         hist["diverged"] = diverged
         atomic.write_csv(d / "history.csv", hist)
         atomic.write_json(d / "job.json", {"seconds": time.perf_counter() - t0, "diverged": diverged,
-                                           "concurrent_fits": self.parallel_fits()})
+                                           "concurrent_fits": concurrent})
         atomic.write_text(d / DONE, "")
         # selection must see the same numbers whether a job ran now or in an earlier, interrupted process
         return pd.read_csv(d / "history.csv")
@@ -369,10 +370,19 @@ class ModelRun:
             return 1
         if self.profile.cv_threads:
             return self.profile.cv_threads
-        slots = len(Slots.build(self.exp.ds, self.exp.folds[0][0], self.exp.factors))
-        if self.profile.epochs * math.ceil(slots / self.profile.batch_size) < MIN_THREADED_FIT_STEPS:
+        if self._cv_fit_steps < MIN_THREADED_FIT_STEPS:
             return 1
         return min(4, len(os.sched_getaffinity(0)) + 1)
+
+    @functools.cached_property
+    def _cv_fit_steps(self) -> int:
+        """Training steps of one CV fit (fold 0's)."""
+        slots = len(Slots.build(self.exp.ds, self.exp.folds[0][0], self.exp.factors))
+        return self.profile.epochs * math.ceil(slots / self.profile.batch_size)
+
+    @property
+    def _cv_pairs(self) -> list[tuple[float, int]]:
+        return [(lr, k) for lr in self.lrs for k in range(len(self.exp.folds))]
 
     def cv_jobs(self, pairs: list[tuple[float, int]] | None = None) -> None:
         """Run the (LR, fold) CV jobs not done yet (default: all of this run's), `parallel_fits()` at a time.
@@ -380,8 +390,7 @@ class ModelRun:
         Each thread trains its own copy of the trainable part with its own Trainer, on the shared cached inputs;
         a fit depends only on its own settings (Trainer.reset), so the results equal those of one fit at a time.
         """
-        pairs = [(lr, k) for lr, k in (pairs or [(lr, k) for lr in self.lrs for k in range(len(self.exp.folds))])
-                 if not self.marker("cv", lr, k).is_file()]
+        pairs = [(lr, k) for lr, k in pairs or self._cv_pairs if not self.marker("cv", lr, k).is_file()]
         n = min(self.parallel_fits(), len(pairs))
         if n < 2:
             for lr, k in pairs:
@@ -389,8 +398,8 @@ class ModelRun:
             return
         trainers: queue.SimpleQueue[Trainer] = queue.SimpleQueue()
         trainers.put(self._trainer())
+        trainable = self._inputs()[0]
         for _ in range(n - 1):
-            trainable = self._inputs()[0]
             copy = keras.models.clone_model(trainable)
             copy.set_weights(trainable.get_weights())
             trainers.put(self._new_trainer(copy))
@@ -398,7 +407,7 @@ class ModelRun:
         def one(pair: tuple[float, int]) -> None:
             trainer = trainers.get()
             try:
-                self.cv_job(*pair, trainer=trainer)
+                self.cv_job(*pair, trainer=trainer, concurrent=n)
             finally:
                 trainers.put(trainer)
 
@@ -408,7 +417,7 @@ class ModelRun:
 
     def cv(self) -> pd.DataFrame:
         self.cv_jobs()
-        parts = [self.cv_job(lr, k) for lr in self.lrs for k in range(len(self.exp.folds))]
+        parts = [self.cv_job(lr, k) for lr, k in self._cv_pairs]
         hist = pd.concat(parts, ignore_index=True)
         atomic.write_csv(self.dir / "cv_history.csv", hist)
         return hist
@@ -492,13 +501,13 @@ class ModelRun:
             trainable, inputs, _ = self._inputs()
             output = predict(trainable, inputs.plain(rows))
         else:
-            output = predict(self.model, [np.stack([ds.make_input(r, self.prep) for r in rows])])
+            output = predict(self.model, [ds.make_inputs(rows, self.prep)])
         if not np.isfinite(output).all():  # a final fit can blow up without its training loss reaching inf
             raise RuntimeError(f"{self.name}: the final model's test outputs are not finite (the final fit at LR "
                                f"{self.selection()['lr']:g} diverged)")
         if ds is exp.ds:
             check = rows[:8]
-            direct = predict(self.model, [np.stack([ds.make_input(r, self.prep) for r in check])])
+            direct = predict(self.model, [ds.make_inputs(check, self.prep)])
             # a target's tolerance scales with its SD (pixel counts are not probabilities)
             diff = np.abs(direct - output[:len(check)]) / self.task.output_scale()
             if not (diff <= 5e-2).all():

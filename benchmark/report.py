@@ -1026,7 +1026,7 @@ def dataset_rows(ds: Dataset, predictions: pd.DataFrame) -> np.ndarray:
 def model_inputs(run: Run, rows: np.ndarray, ds: Dataset) -> np.ndarray:
     """Exactly the preprocessed inputs the model saw at test time."""
     prep = run_preprocessing(run)
-    return np.stack([ds.make_input(int(i), prep) for i in rows]).astype(np.float32)
+    return ds.make_inputs(rows, prep).astype(np.float32)
 
 
 def pooled_features(run: Run, data: str | Path | None = None) -> tuple[np.ndarray, pd.DataFrame]:
