@@ -12,13 +12,14 @@ frozen and, because Keras 3 runs frozen BatchNormalization layers in inference m
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import keras
 from keras import layers
+
+from .weights import WeightsMissing, available, imagenet_path
 
 POOLED = "pooled"
 HEAD_DENSE = "head_dense"
@@ -29,10 +30,6 @@ HEAD_RESCALE = "head_rescale"   # standardised target -> original units (fixed, 
 HEAD_BOTH = "head_both"         # the multi-task head's one output: class probabilities, then the target
 HEAD_UNITS = 256
 TASKS = ("classification", "regression", "multi")
-
-
-class WeightsMissing(FileNotFoundError):
-    """ImageNet weights are not in the Keras cache and cannot be downloaded."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +44,6 @@ class BackboneSpec:
     unfreeze_from: str | None = None
     unfreeze_after: str | None = None
     cam_layer: str | None = None   # None: the backbone's last layer (its final feature map)
-    weights_file: str | None = None  # Keras cache name of the no-top ImageNet file at 224 px
     cbr: tuple[int, tuple[int, ...]] | None = None  # (kernel size, filters) for the from-scratch baselines
     # XLA for the depth-1 training step (profile.jit_compile_depth1 may override). On CPU, TF's kernels for the
     # gradients of some last blocks' convolutions on small maps are slow and XLA's are not; for depthwise and
@@ -69,26 +65,20 @@ class BackboneSpec:
 A = keras.applications
 BACKBONES: dict[str, BackboneSpec] = {s.key: s for s in [
     BackboneSpec("mobilenet", "MobileNet α0.25", 224, 32, A.MobileNet, (("alpha", 0.25),), "tf",
-                 unfreeze_from="conv_dw_13", weights_file="mobilenet_2_5_224_tf_no_top.h5"),
+                 unfreeze_from="conv_dw_13"),
     BackboneSpec("mobilenetv2", "MobileNetV2 α0.35", 224, 32, A.MobileNetV2, (("alpha", 0.35),), "tf",
-                 unfreeze_from="block_16_expand",
-                 weights_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"),
+                 unfreeze_from="block_16_expand"),
     BackboneSpec("vgg16", "VGG16", 224, 32, A.VGG16, (), "caffe", unfreeze_from="block5_conv1",
-                 cam_layer="block5_conv3", weights_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                 depth1_xla=True),
+                 cam_layer="block5_conv3", depth1_xla=True),
     BackboneSpec("inceptionv3", "InceptionV3", 299, 75, A.InceptionV3, (), "tf", unfreeze_after="mixed9",
-                 weights_file="inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5", depth1_xla=True),
+                 depth1_xla=True),
     BackboneSpec("resnet50v2", "ResNet50V2", 224, 32, A.ResNet50V2, (), "tf", unfreeze_from="conv5_block3_preact_bn",
-                 weights_file="resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5", depth1_xla=True),
+                 depth1_xla=True),
     BackboneSpec("inceptionresnetv2", "InceptionResNetV2", 299, 75, A.InceptionResNetV2, (), "tf",
-                 unfreeze_after="block8_9_ac",
-                 weights_file="inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5", depth1_xla=True),
-    BackboneSpec("densenet121", "DenseNet121", 224, 32, A.DenseNet121, (), "torch", unfreeze_from="conv5_block1_0_bn",
-                 weights_file="densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    BackboneSpec("nasnetmobile", "NASNetMobile", 224, 32, A.NASNetMobile, (), "tf", unfreeze_after="normal_concat_11",
-                 weights_file="nasnet_mobile_no_top.h5"),
-    BackboneSpec("xception", "Xception", 299, 71, A.Xception, (), "tf", unfreeze_from="block14_sepconv1",
-                 weights_file="xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+                 unfreeze_after="block8_9_ac", depth1_xla=True),
+    BackboneSpec("densenet121", "DenseNet121", 224, 32, A.DenseNet121, (), "torch", unfreeze_from="conv5_block1_0_bn"),
+    BackboneSpec("nasnetmobile", "NASNetMobile", 224, 32, A.NASNetMobile, (), "tf", unfreeze_after="normal_concat_11"),
+    BackboneSpec("xception", "Xception", 299, 71, A.Xception, (), "tf", unfreeze_from="block14_sepconv1"),
     BackboneSpec("cbr_large_t", "CBR-LargeT", 224, 32, None, (), "unit", cbr=(7, (32, 64, 128, 256, 512))),
     BackboneSpec("cbr_small", "CBR-Small", 224, 16, None, (), "unit", cbr=(7, (32, 64, 128, 256))),
     BackboneSpec("cbr_tiny", "CBR-Tiny", 224, 16, None, (), "unit", cbr=(5, (64, 128, 256, 512))),
@@ -104,27 +94,17 @@ def get_spec(key: str) -> BackboneSpec:
         raise KeyError(f"unknown backbone {key!r}; valid: {', '.join(BACKBONES)}") from None
 
 
-def keras_cache_dir() -> Path:
-    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
-
-
 def resolve_weights(spec: BackboneSpec, weights: str, input_size: int) -> str | None:
     """Turn `--weights imagenet|none|PATH` into what the Keras constructor gets, or raise WeightsMissing.
 
-    "imagenet" reads the 224-px no-top file from the Keras cache ($KERAS_HOME/models). Passing the file's path
-    (rather than weights="imagenet") makes Keras load it at any input size; for MobileNet at 128/160/192 px Keras would
-    otherwise ask for a size-specific file that is not available offline. We never download at run time.
+    "imagenet" is the 224-px no-top file in the Keras cache ($KERAS_HOME/models), downloaded first where it is
+    missing (weights.imagenet_path). Passing the file's path (rather than weights="imagenet") makes Keras load it at
+    any input size; for MobileNet at 128/160/192 px Keras would otherwise ask for a size-specific file.
     """
     if not spec.pretrained or weights == "none":
         return None
     if weights == "imagenet":
-        path = keras_cache_dir() / spec.weights_file
-        if not path.is_file():
-            raise WeightsMissing(
-                f"ImageNet weights for {spec.key} not found: {path}. Put {spec.weights_file} in "
-                f"{keras_cache_dir()} (set KERAS_HOME, e.g. KERAS_HOME=../shared/weights/keras), pass "
-                f"--weights PATH, or --weights none to train from random initialisation.")
-        return str(path)
+        return str(imagenet_path(spec.key))
     path = Path(weights)
     if not path.is_file():
         raise WeightsMissing(f"--weights {weights}: file not found")
@@ -132,7 +112,8 @@ def resolve_weights(spec: BackboneSpec, weights: str, input_size: int) -> str | 
 
 
 def weights_available(spec: BackboneSpec) -> bool:
-    return spec.pretrained and (keras_cache_dir() / spec.weights_file).is_file()
+    """The ImageNet file is in the Keras cache and passes Keras' hash (`auto` never downloads)."""
+    return spec.pretrained and available(spec.key)
 
 
 def choose_weights(spec: BackboneSpec, weights: str, input_size: int) -> tuple[str, str | None]:

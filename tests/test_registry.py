@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from benchmark.cache import depth0_start, split_model
+from benchmark.catalog import BACKBONE_KEYS, IMAGENET
 from benchmark.registry import (BACKBONES, POOLED, WeightsMissing, build_model, cam_layer_name,
                                 first_unfrozen_index, get_spec, resolve_weights, set_depth)
+from benchmark.weights import OFFLINE_ENV
 
 # Trainable parameters (3 classes) at depth 0 and depth 1; the smallest legal input (counts do not depend on it).
 # Depth 0 is the head alone: F*256 + 256 + 256*3 + 3, e.g. MobileNet α0.25 (F = 256): 65,792 + 771 = 66,563.
@@ -35,6 +37,9 @@ def n_trainable(model: keras.Model) -> int:
 
 def test_registry_has_the_paper_models():
     assert list(BACKBONES) == list(EXPECTED)
+    # the Keras-free catalog (--help, `weights`) lists the same backbones, with a file for exactly the pretrained
+    assert tuple(BACKBONES) == BACKBONE_KEYS
+    assert [k for k, s in BACKBONES.items() if s.pretrained] == list(IMAGENET)
     with pytest.raises(KeyError, match="valid: mobilenet"):
         get_spec("resnet18")
 
@@ -89,9 +94,11 @@ def test_frozen_batchnorm_runs_in_inference_mode():
 
 def test_weights_missing_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setenv(OFFLINE_ENV, "1")  # downloads: tests/test_weights_download.py
     with pytest.raises(WeightsMissing, match="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5") as err:
         resolve_weights(get_spec("vgg16"), "imagenet", 224)
     assert str(tmp_path / "models") in str(err.value)
+    assert "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/" in str(err.value)
     assert resolve_weights(get_spec("vgg16"), "none", 224) is None
     with pytest.raises(WeightsMissing, match="no/such.h5"):
         resolve_weights(get_spec("vgg16"), "no/such.h5", 224)
