@@ -6,8 +6,12 @@ Reading (`scan_dicom`, `read_dicom`):
   meant to be DICOM that does not parse, an image header without pixel data, or short pixel data (truncated) is
   corrupt: DataPrepError naming the file. An import never goes on with part of a series silently missing.
 - DICOM files without pixel data (DICOMDIR, reports, presentation states) and colour images (screenshots,
-  secondary captures) are skipped and counted. Multi-frame (enhanced) images are refused.
-- Pixels are the stored values (`pixel_array`), lossless; no rescale or windowing.
+  secondary captures: SamplesPerPixel > 1 or a colour PhotometricInterpretation such as PALETTE COLOR) are
+  skipped and counted. Multi-frame (enhanced) images and unknown PhotometricInterpretation values are refused.
+  Compressed pixel data (JPEG-LS, JPEG Lossless, ...) whose decoder is not installed is refused with the
+  install command, not reported as corrupt.
+- Pixels are the stored values (`pixel_array`), lossless; no rescale or windowing. MONOCHROME1 images (low
+  values white) are inverted within their BitsStored range so that all images read as MONOCHROME2.
 - Identifying header fields are read only where a check needs them (PatientID, to refuse mixed patients; it
   and StudyInstanceUID feed `patient_hash`) and never appear in an error message, warning or output.
 
@@ -55,6 +59,9 @@ SAME_PLANE_COS = 0.999   # normals within ~2.6 degrees are one orientation (head
 POSITION_TOL_MM = 0.5    # far below any real slice spacing, far above header rounding
 GAP_FACTOR = 1.5
 APEX_CHOICES = ("apex_first", "base_first")
+COLOUR_PHOTOMETRIC = {"RGB", "PALETTE COLOR", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT",
+                      "HSV", "ARGB", "CMYK"}
+CODECS_INSTALL = 'pip install "cardiac-slice-benchmark[dicom-codecs]"'
 
 
 @dataclass
@@ -204,14 +211,21 @@ def _read_dicom(path: Path, name: str, force: bool) -> DicomImage | str:
         if "Rows" in ds or _is_image_storage(ds):
             raise DataPrepError(f"{path}: corrupt or truncated DICOM (image header without pixel data)")
         return "DICOM without pixel data"
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
+    photometric = str(ds.get("PhotometricInterpretation", "") or "MONOCHROME2").strip().upper()
+    if int(ds.get("SamplesPerPixel", 1)) != 1 or photometric in COLOUR_PHOTOMETRIC:
         return "colour DICOM images"
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise DataPrepError(f"{path}: PhotometricInterpretation {photometric!r} is not a greyscale image "
+                            f"(MONOCHROME1/MONOCHROME2); cannot import it")
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         raise DataPrepError(f"{path}: multi-frame (enhanced) DICOM is not supported; export the series "
                             f"as single-frame images")
+    _require_decoder(ds, path)
     pixels = ds.pixel_array
     if pixels.ndim != 2:
         raise DataPrepError(f"{path}: expected a 2-D image, got pixel data of shape {pixels.shape}")
+    if photometric == "MONOCHROME1":
+        pixels = _invert_monochrome1(pixels, ds)
     iop = _float_list(ds.get("ImageOrientationPatient"), 6)
     normal = None
     if iop is not None:
@@ -235,6 +249,38 @@ def _read_dicom(path: Path, name: str, force: bool) -> DicomImage | str:
         trigger_time=trigger,
         pixel_spacing=None if spacing is None or min(spacing) <= 0 else (spacing[0], spacing[1]),
     )
+
+
+def _require_decoder(ds: pydicom.Dataset, path: Path) -> None:
+    """A compressed transfer syntax whose decoder plugin is not installed is a setup problem, not a corrupt file:
+    say what to install instead of letting pixel_array's error read as corruption."""
+    syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    if syntax is None or not syntax.is_compressed or _decoder_available(syntax):
+        return
+    raise DataPrepError(f"{path}: pixel data is compressed ({syntax.name}) and no installed decoder reads it; "
+                        f"install one with: {CODECS_INSTALL}")
+
+
+def _decoder_available(syntax: pydicom.uid.UID) -> bool:
+    try:
+        from pydicom.pixels import get_decoder  # pydicom 3
+    except ImportError:  # pydicom 2.4
+        return any(h.supports_transfer_syntax(syntax) and h.is_available()
+                   for h in pydicom.config.pixel_data_handlers)
+    try:
+        return get_decoder(syntax).is_available
+    except NotImplementedError:  # pydicom knows no decoder for this syntax at all
+        return False
+
+
+def _invert_monochrome1(pixels: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
+    """MONOCHROME1 shows the lowest value as white: mirror the values within the BitsStored range, so every
+    image of a series is inverted the same way and the result reads like MONOCHROME2."""
+    bits = min(int(ds.get("BitsStored") or 64), pixels.dtype.itemsize * 8)
+    if pixels.dtype.kind == "i":
+        return np.invert(pixels)  # -1 - v maps [-2^(b-1), 2^(b-1) - 1] onto itself
+    top = (1 << bits) - 1
+    return (top - np.minimum(pixels, top)).astype(pixels.dtype)
 
 
 def list_files(src: str | Path, what: str = "SRC") -> tuple[Path, list[Path]]:

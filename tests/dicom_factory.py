@@ -11,7 +11,8 @@ import numpy as np
 import pydicom
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.encaps import encapsulate
+from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 
 def orientation_for(normal) -> list[float]:
@@ -24,27 +25,36 @@ def orientation_for(normal) -> list[float]:
     return [*row.round(6), *col.round(6)]
 
 
-def write_dicom(path: Path, pixels, **fields) -> Path:
+def write_dicom(path: Path, pixels, transfer_syntax: UID = ExplicitVRLittleEndian, **fields) -> Path:
     """An MR Image Storage file (Explicit VR Little Endian) holding `pixels` as 16-bit MONOCHROME2.
 
     `fields` are DICOM keywords (PatientName=..., ImagePositionPatient=...) set as given; Modality is MR unless
-    given. A misspelt keyword raises here rather than being silently dropped from the file."""
+    given. A misspelt keyword raises here rather than being silently dropped from the file. 3-D `pixels` are a
+    multi-frame image (frames first). A compressed `transfer_syntax` gets encapsulated placeholder fragments, not
+    real compressed data: enough for what a reader does before it decodes."""
     unknown = sorted(k for k in fields if tag_for_keyword(k) is None)
     if unknown:
         raise ValueError(f"not DICOM keywords: {', '.join(unknown)}")
     pixels = np.asarray(pixels, dtype=np.uint16)
+    frames = pixels if pixels.ndim == 3 else pixels[None]
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = transfer_syntax
     ds = Dataset()
     ds.file_meta, ds.preamble = meta, b"\0" * 128
     ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
     ds.Modality = "MR"
-    ds.Rows, ds.Columns = pixels.shape
+    ds.Rows, ds.Columns = frames.shape[1:]
+    if len(frames) > 1:
+        ds.NumberOfFrames = len(frames)
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = pixels.tobytes()
+    if UID(transfer_syntax).is_compressed:
+        ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7" + bytes(8) for _ in frames])
+        ds["PixelData"].VR = "OB"
+    else:
+        ds.PixelData = pixels.tobytes()
     for keyword, value in fields.items():
         setattr(ds, keyword, value)
     path.parent.mkdir(parents=True, exist_ok=True)
