@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import DataPrepError
-from .manifest import SLICE_LABELS, Stack, write_dataset
+from .manifest import OVERWRITE_HELP, SLICE_LABELS, Stack, write_dataset
 from .orientation import LV_CAVITY, apex_first
 from .stacks import label_from_cavity
 
@@ -69,8 +69,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="NIfTI layout: training/ (or its parent, or one patientNNN/ folder); "
                              "HDF5 layout: the folder holding data/ (or data/ itself)")
     parser.add_argument("--out", required=True, type=Path, help="dataset directory to write")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace --out when it already holds files (by default that is an error)")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.epilog = FAILURE_POLICY
 
 
@@ -79,7 +78,7 @@ def run(args: argparse.Namespace) -> Path:
     for message in warnings:
         print(f"warning: {message}", file=sys.stderr)
     out = write_dataset(args.out, DATASET, stacks, source=str(root.resolve()), options={"layout": layout},
-                        warnings=warnings, overwrite=args.overwrite)
+                        warnings=warnings, overwrite=args.overwrite, inputs=[args.src])
     labels = [lab for s in stacks for lab in s.labels]
     ambiguous = sum(bool(s.orientation["ambiguous"]) for s in stacks)
     print(f"acdc ({layout} layout): {len(stacks)} stacks, {len(labels)} slices: "

@@ -4,7 +4,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -33,19 +35,43 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory beside `path`; on success it replaces `path` (and whatever was there)."""
+    """Yield a temporary directory beside `path`; on success it replaces `path` (and whatever was there).
+
+    The old directory is renamed aside before the new one is renamed in and only deleted afterwards, so at
+    every moment `path` is either the complete old directory or the complete new one (or, after a crash between
+    the two renames, absent with both kept beside it under clearly named temporary names)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_UMASK)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        aside = _swap_in(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if aside is not None:
+        try:
+            shutil.rmtree(aside)
+        except OSError as exc:
+            print(f"warning: {path} was replaced, but its old contents could not be deleted "
+                  f"({exc.strerror or exc}); they are left in {aside}", file=sys.stderr)
+
+
+def _swap_in(new: Path, path: Path) -> Path | None:
+    """Rename `new` to `path`; an existing `path` is first renamed aside. Returns the aside name (or None)."""
+    if not path.exists():
+        os.replace(new, path)
+        return None
+    # a name that does not exist yet: renaming onto an existing directory is not portable
+    aside = path.with_name(f".{path.name}.old-{secrets.token_hex(6)}")
+    os.replace(path, aside)
+    try:
+        os.replace(new, path)
+    except BaseException:
+        os.replace(aside, path)
+        raise
+    return aside
 
 
 def write_text(path, text: str) -> Path:

@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from . import dicom_io
 from .errors import DataPrepError
-from .manifest import SLICE_LABELS, Stack, write_dataset
+from .manifest import OVERWRITE_HELP, SLICE_LABELS, Stack, write_dataset
 
 DATASET = "cap"
 CAP_NAME = re.compile(r"^(DET\d+)_SA(\d+)_ph(\d+)\.dcm$", re.IGNORECASE)
@@ -61,7 +61,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     dicom_io.add_apex_arguments(parser, first="lowest SA number")
     parser.add_argument("--allow-gaps", action="store_true",
                         help="import a stack with a missing slice position with a warning instead of an error")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.epilog = ("ED = phase 0; ES = per patient, the phase of least blood in the moving region of the "
                      "mid-ventricular slices (see the module docstring). Other files are skipped and counted; a "
                      "corrupt or truncated DICOM file is an error.")
@@ -325,4 +325,4 @@ def run(args: argparse.Namespace) -> Path:
                "apex": args.apex or "geometry", "allow_gaps": bool(args.allow_gaps),
                "study": {"skipped_files": skipped}}
     return write_dataset(args.out, DATASET, stacks, source=str(args.src), options=options, warnings=notes,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, inputs=[p for p in (args.src, args.labels) if p is not None])

@@ -22,7 +22,7 @@ import argparse
 from pathlib import Path
 
 from . import dicom_io
-from .manifest import Stack, write_dataset
+from .manifest import OVERWRITE_HELP, Stack, write_dataset
 
 DATASET = "dicom"
 
@@ -36,7 +36,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-gaps", action="store_true",
                         help="import a stack with a missing slice (spacing > 1.5x the median) with a warning "
                              "instead of an error")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.epilog = ("Non-DICOM files are skipped and counted; a corrupt or truncated DICOM file is an error. "
                      "Positions lacking some phases are reported and left out of those phases' stacks.")
 
@@ -80,4 +80,4 @@ def run(args: argparse.Namespace) -> Path:
                   "n_phases": study.n_phases, "incomplete_positions": study.incomplete},
     }
     return write_dataset(args.out, DATASET, stacks, source=str(args.src), options=options, warnings=notes,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, inputs=[args.src])

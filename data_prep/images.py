@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from .dicom_io import DICOM_SUFFIXES, print_warnings, read_dicom
 from .errors import DataPrepError
-from .manifest import REQUIRED_COLUMNS, Stack, write_dataset
+from .manifest import OVERWRITE_HELP, REQUIRED_COLUMNS, Stack, check_out_dir, write_dataset
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".npy", *DICOM_SUFFIXES})
 RESERVED = frozenset(REQUIRED_COLUMNS) - {"patient", "frame", "slice", "label", "pixel_spacing_mm"}
@@ -344,9 +344,6 @@ def build(src: str | os.PathLike, out: str | os.PathLike, *, patient_regex: str 
     if is_csv and src.suffix.lower() != ".csv":
         raise DataPrepError(f"SRC {src}: expected a folder with one folder per class, or a .csv file")
     root = (src.parent if is_csv else src).resolve()
-    out_abs = Path(out).resolve()
-    if out_abs == root or out_abs in root.parents or (not is_csv and root in out_abs.parents):
-        raise DataPrepError(f"--out {out} overlaps the source folder {root}; write the dataset elsewhere")
     if patient_regex is not None and no_groups:
         raise DataPrepError("--patient-regex and --no-groups exclude each other")
     rx = compile_regex(patient_regex)
@@ -361,10 +358,9 @@ def build(src: str | os.PathLike, out: str | os.PathLike, *, patient_regex: str 
                                 f"--patient-regex (e.g. '^([^_]+)_' on file names <patient>_...), or --no-groups "
                                 f"to treat every image as its own patient (cross-validation then is not "
                                 f"patient-grouped)")
-    inside = next((e.name for e in entries if out_abs in e.path.resolve().parents), None)
-    if inside is not None:
-        # --overwrite would delete the source image
-        raise DataPrepError(f"--out {out} contains the source image {inside}; write the dataset elsewhere")
+    # a CSV may list images anywhere, so each one is an input --out must not overlap; checked before reading
+    inputs = [src, *(e.path for e in entries)]
+    check_out_dir(out, overwrite, inputs)
     notes: list[str] = []
     if no_groups:
         if entries[0].frame is not None:
@@ -440,7 +436,7 @@ def build(src: str | os.PathLike, out: str | os.PathLike, *, patient_regex: str 
     options = {"layout": "csv" if is_csv else "folders", "patient_regex": patient_regex, "no_groups": no_groups,
                "classes": given, "n_files": len(entries), "n_skipped": len(bad)}
     return write_dataset(out, dataset or root.name, generate(), source=str(src), options=options, warnings=notes,
-                         classes=class_list, overwrite=overwrite)
+                         classes=class_list, overwrite=overwrite, inputs=inputs)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -462,7 +458,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", metavar="NAME",
                         help="value of the manifest's dataset column "
                              "(default: the name of SRC, or of the CSV's folder)")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
 def run(args: argparse.Namespace) -> Path:

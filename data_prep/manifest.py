@@ -7,7 +7,9 @@ A dataset directory holds
 
 Source modules build `Stack` objects (slices already ordered apex -> base) and hand them to `write_dataset`,
 which writes everything under a temporary name and renames it into place, so an interrupted import never
-leaves a directory that looks finished.
+leaves a directory that looks finished. An existing dataset is renamed aside first and deleted only once the new
+one is in place; --overwrite replaces nothing but a dataset, and never the source or the current directory
+(`check_out_dir`). Every image passes `check_finite` on its way in; a full disk is one DataPrepError.
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ REQUIRED_COLUMNS = (
 MANIFEST = "manifest.csv"
 DATASET_JSON = "dataset.json"
 IMAGE_DIR = "images"
+OVERWRITE_HELP = ("replace --out when it holds a dataset made by data_prep (a folder of other files, the source or "
+                  "the current directory is never replaced)")
 
 
 @dataclass
@@ -84,8 +88,12 @@ def save_image(path: Path, img: np.ndarray) -> Path:
         raise DataPrepError(f"{path}: expected a 2-D slice, got shape {img.shape}")
     path = path.with_suffix(image_suffix(img))
     if path.suffix == ".png":
-        if not cv2.imwrite(str(path), img.astype(np.uint16)):
-            raise DataPrepError(f"could not write {path}")
+        # encoded in memory and written by Python, so a full disk is an OSError with its errno (cv2.imwrite only
+        # returns False); the bytes are the same as cv2.imwrite's
+        ok, png = cv2.imencode(".png", img.astype(np.uint16))
+        if not ok:
+            raise DataPrepError(f"could not encode {path.name} as PNG")
+        path.write_bytes(png.tobytes())
     else:
         np.save(path, np.ascontiguousarray(img), allow_pickle=False)
     return path
@@ -146,13 +154,51 @@ def counts(df: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def _check_out_dir(out: Path, overwrite: bool) -> None:
+def is_dataset_dir(path: str | os.PathLike) -> bool:
+    """True when `path` holds a dataset.json written by `write_dataset` (the only directories --overwrite
+    may replace)."""
+    try:
+        meta = json.loads((Path(path) / DATASET_JSON).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(meta, dict) and {"format_version", "manifest_sha256", "counts"} <= meta.keys()
+
+
+def _overlap(out: Path, other: Path) -> str | None:
+    """How the resolved --out relates to another resolved path: "is", "contains", "lies inside" or None."""
+    if out == other:
+        return "is"
+    if out in other.parents:
+        return "contains"
+    if other in out.parents:
+        return "lies inside"
+    return None
+
+
+def check_out_dir(out: str | os.PathLike, overwrite: bool, inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Refuse an --out that would lose data: one that is, contains or lies inside an input (the source folder,
+    a contours folder, a labels file, an image), is or contains the current directory, or already holds files.
+    Existing files are replaced only with --overwrite and only when they are a dataset made by data_prep."""
+    out = Path(out)
+    out_abs = out.resolve()
+    for given in inputs:
+        how = _overlap(out_abs, Path(given).resolve())
+        if how is not None:
+            raise DataPrepError(f"--out {out} {how} the source {given}; write the dataset elsewhere")
+    how = _overlap(out_abs, Path.cwd().resolve())
+    if how in ("is", "contains"):
+        raise DataPrepError(f"--out {out} {how} the current directory; write the dataset elsewhere")
     if out.exists() and not out.is_dir():
         raise DataPrepError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        what = "a dataset" if (out / MANIFEST).exists() else "files"
-        raise DataPrepError(f"--out {out} already holds {what}; choose another directory or pass --overwrite")
-    parent = out.parent if out.parent != Path("") else Path(".")
+    if out.is_dir() and any(out.iterdir()):
+        if not is_dataset_dir(out):
+            refused = "so --overwrite does not replace it" if overwrite else "so it is left alone"
+            raise DataPrepError(f"--out {out} holds files but is not a dataset made by data_prep (no data_prep "
+                                f"{DATASET_JSON}), {refused}; choose a new or empty directory")
+        if not overwrite:
+            raise DataPrepError(f"--out {out} already holds a dataset; choose another directory or pass "
+                                f"--overwrite to replace it")
+    parent = out.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # e.g. a path component is a file
@@ -161,17 +207,39 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
         raise DataPrepError(f"--out {out}: directory {parent} is not writable")
 
 
+def check_finite(img: np.ndarray, where: str) -> None:
+    """NaN or infinite pixels would reach training as NaN inputs (or be clipped differently by each
+    preprocessing step); an import refuses them."""
+    if img.dtype.kind in "fc" and not np.isfinite(img).all():
+        bad = int((~np.isfinite(img)).sum())
+        raise DataPrepError(f"{where}: {bad} NaN or infinite pixel value(s); fix or drop this slice and "
+                            f"import again")
+
+
 def write_dataset(out: str | os.PathLike, dataset: str, stacks: Iterable[Stack], *, source: str,
                   options: dict[str, Any] | None = None, warnings: Sequence[str] = (),
-                  classes: Sequence[str] = SLICE_LABELS, overwrite: bool = False) -> Path:
+                  classes: Sequence[str] = SLICE_LABELS, overwrite: bool = False,
+                  inputs: Iterable[str | os.PathLike] = ()) -> Path:
     """Write a dataset directory atomically and return its path.
 
     classes: the class names in their reporting order (OAP, IN, OBS for slice data); every label must be one.
+    inputs: the paths the stacks are read from, which --out must not overlap (see `check_out_dir`).
     Images go to images/<patient>_<frame>_s<slice>.{png,npy}. The files depend only on the stacks and the
     options (no timestamps), so the same import twice gives byte-identical files.
     """
     out = Path(out)
-    _check_out_dir(out, overwrite)
+    check_out_dir(out, overwrite, inputs)
+    try:
+        _write(out, dataset, stacks, source=source, options=options, warnings=warnings, classes=classes)
+    except OSError as exc:  # the sources turn their read errors into DataPrepError: this is the output failing
+        reason = exc.strerror or str(exc)
+        raise DataPrepError(f"--out {out}: writing the dataset failed ({reason}); nothing was written"
+                            + (", the dataset already there is unchanged" if is_dataset_dir(out) else "")) from exc
+    return out
+
+
+def _write(out: Path, dataset: str, stacks: Iterable[Stack], *, source: str, options: dict[str, Any] | None,
+           warnings: Sequence[str], classes: Sequence[str]) -> None:
     with atomic_dir(out) as tmp:
         (tmp / IMAGE_DIR).mkdir()
         rows: list[dict[str, Any]] = []
@@ -184,6 +252,7 @@ def write_dataset(out: str | os.PathLike, dataset: str, stacks: Iterable[Stack],
             seen.add(key)
             names = []
             for i, img in enumerate(stack.images):
+                check_finite(img, f"{stack.sources[i]} (patient {stack.patient}, frame {stack.frame}, slice {i})")
                 written = save_image(tmp / IMAGE_DIR / f"{stack.patient}_{stack.frame}_s{i:02d}", img)
                 names.append(f"{IMAGE_DIR}/{written.name}")
             rows.extend(_rows_for(stack, dataset, names))
@@ -209,7 +278,6 @@ def write_dataset(out: str | os.PathLike, dataset: str, stacks: Iterable[Stack],
             "orientation": evidence,
         }
         (tmp / DATASET_JSON).write_text(json.dumps(meta, indent=2, sort_keys=False, default=str) + "\n")
-    return out
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -255,7 +323,23 @@ def read_manifest(directory: str | os.PathLike) -> pd.DataFrame:
     unknown = sorted(set(df["label"]) - set(classes) - {""})
     if unknown:
         raise DataPrepError(f"{path}: unknown label(s) {unknown}; this dataset's classes are {list(classes)}")
+    if "split" in df:
+        df["split"] = normalised_split(df["split"], path)
     return df
+
+
+SPLIT_VALUES = ("train", "test", "")  # "": no designation (a patient the image-set CSV left without a split)
+
+
+def normalised_split(values: pd.Series, where: Path) -> pd.Series:
+    """The split column in lower case without surrounding blanks; any other value than SPLIT_VALUES is refused,
+    since a misspelt `test` would silently send designated test patients into training."""
+    out = values.fillna("").astype(str).str.strip().str.lower()
+    bad = sorted(set(values[~out.isin(SPLIT_VALUES)].astype(str)))
+    if bad:
+        raise DataPrepError(f"{where}: column split holds {', '.join(map(repr, bad))}; allowed: train, test or "
+                            f"empty (any case)")
+    return out
 
 
 def read_dataset_json(directory: str | os.PathLike) -> dict[str, Any]:
@@ -263,14 +347,22 @@ def read_dataset_json(directory: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataPrepError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise DataPrepError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    return meta
 
 
 def dataset_classes(directory: str | os.PathLike) -> tuple[str, ...]:
     """The class list in reporting order, from dataset.json (OAP, IN, OBS when it does not say)."""
-    return tuple(read_dataset_json(directory).get("classes", SLICE_LABELS))
+    classes = read_dataset_json(directory).get("classes", SLICE_LABELS)
+    if (not isinstance(classes, (list, tuple)) or not classes or not all(isinstance(c, str) and c for c in classes)
+            or len(set(classes)) != len(classes)):
+        raise DataPrepError(f"{Path(directory) / DATASET_JSON}: classes must be a list of distinct, non-empty "
+                            f"class names, got {json.dumps(classes)}")
+    return tuple(classes)
 
 
 def labelled(df: pd.DataFrame) -> pd.DataFrame:

@@ -38,7 +38,7 @@ import numpy as np
 from . import dicom_io
 from .atomic import atomic_write
 from .errors import DataPrepError
-from .manifest import Stack, write_dataset
+from .manifest import OVERWRITE_HELP, Stack, write_dataset
 from .stacks import label_from_cavity
 
 DATASET = "sunnybrook"
@@ -55,7 +55,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-gaps", action="store_true",
                         help="import a stack with a missing slice position with a warning instead of an error")
     parser.add_argument("--montage", metavar="PNG", help="also draw the ED and ES stacks with their contours")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.epilog = ("ED = the contoured phase with the larger total i-contour area; IN = slices with an i-contour. "
                      "A corrupt or truncated DICOM file is an error.")
 
@@ -244,7 +244,8 @@ def run(args: argparse.Namespace) -> Path:
                "contours": str(args.contours or Path(args.src) / "contours"),
                "study": {"skipped_files": study.skipped, **study.evidence}}
     out = write_dataset(args.out, DATASET, study.stacks, source=str(args.src), options=options,
-                        warnings=study.warnings, overwrite=args.overwrite)
+                        warnings=study.warnings, overwrite=args.overwrite,
+                        inputs=[p for p in (args.src, args.contours) if p is not None])
     if args.montage:
         print(f"montage: {render_contour_montage(args.src, args.montage, study=study)}")
     return out

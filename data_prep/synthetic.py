@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import DataPrepError
-from .manifest import Stack, write_dataset
+from .manifest import OVERWRITE_HELP, Stack, write_dataset
 
 DATASET = "synthetic"
 FRAMES = ("ED", "ES")
@@ -415,7 +415,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="dataset directory to write")
     parser.add_argument("--patients", type=int, default=100, help="number of patients, each with ED and ES (100)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; patient k depends only on (seed, k) (0)")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
 def run(args: argparse.Namespace) -> Path:

@@ -13,6 +13,7 @@ import pytest
 
 import label_volumes
 
+from data_prep import synthetic
 from data_prep.__main__ import main
 from data_prep.acdc import read_acdc
 from data_prep.manifest import load_image, read_dataset_json, read_manifest
@@ -183,10 +184,10 @@ def test_the_same_stack_in_every_layout_gives_the_same_slices(tmp_path):
 def test_ambiguous_and_disagreeing_frames_are_warned(tmp_path, capsys):
     # ES as an apical aneurysm: the cavity grows along the file while myocardium and RV shrink
     image, mask = in_file_order(apex_first=True)
-    h5_whole(tmp_path / "data", "patient001_frame01", image, mask)
-    h5_whole(tmp_path / "data", "patient001_frame02", image[:3],
+    h5_whole(tmp_path / "acdc" / "data", "patient001_frame01", image, mask)
+    h5_whole(tmp_path / "acdc" / "data", "patient001_frame02", image[:3],
              mask_from_areas([(10, 30, 30), (20, 20, 15), (30, 10, 0)]))
-    assert run_cli(tmp_path, "--out", tmp_path / "out") == 0
+    assert run_cli(tmp_path / "acdc", "--out", tmp_path / "out") == 0
     captured = capsys.readouterr()
     warnings = read_dataset_json(tmp_path / "out")["warnings"]
     assert len(warnings) == 2
@@ -312,6 +313,24 @@ def _break_unknown_frame(tmp_path):
     return src, "patient003_frame05.h5: the SSL4MIS layout has only frame01 (ED) and frame02 (ES)"
 
 
+# the NaN/inf breakers orient ED and ES alike, so that no warning precedes the one error line
+def _break_nan_in_nifti(tmp_path):
+    src = nifti_patient(tmp_path / "training", es_apex_first=True).parent
+    image, _ = in_file_order(apex_first=True)
+    image[2, 3, 4] = np.nan
+    write_nifti(src / "patient001" / "patient001_frame07.nii.gz", image * 100)
+    return src, "patient001/patient001_frame07.nii.gz[2] (patient patient001, frame ES, slice 2): 1 NaN"
+
+
+def _break_inf_in_h5_slice(tmp_path):
+    src = tmp_path / "acdc"
+    image, mask = in_file_order(apex_first=True)
+    h5_slices(src / "data", "patient002_frame02", image, mask)
+    image[2, 0, 0] = np.inf
+    h5_slices(src / "data", "patient002_frame01", image, mask)
+    return src, "patient002_frame01_slice_3.h5 (patient patient002, frame ED, slice 2): 1 NaN or infinite"
+
+
 def _break_whole_and_slices(tmp_path):
     src = hdf5_tree(tmp_path / "acdc")
     h5_whole(src / "data", "patient002_frame01", *in_file_order(apex_first=True))
@@ -322,7 +341,7 @@ def _break_whole_and_slices(tmp_path):
     _break_missing_src, _break_empty_src, _break_neither_layout, _break_truncated_nifti, _break_truncated_h5,
     _break_missing_gt, _break_missing_label_dataset, _break_nifti_mask_shape, _break_h5_mask_shape,
     _break_slice_gap, _break_missing_info, _break_missing_image, _break_no_cavity, _break_foreign_mask_values,
-    _break_unknown_frame, _break_whole_and_slices,
+    _break_unknown_frame, _break_whole_and_slices, _break_nan_in_nifti, _break_inf_in_h5_slice,
 ], ids=lambda f: f.__name__.removeprefix("_break_"))
 def test_bad_input_exits_2_naming_the_file(tmp_path, capsys, breaker):
     src, named = breaker(tmp_path)
@@ -336,14 +355,32 @@ def test_bad_input_exits_2_naming_the_file(tmp_path, capsys, breaker):
 
 def test_out_holding_another_dataset_needs_overwrite(tmp_path, capsys):
     src = hdf5_tree(tmp_path / "acdc")
+    out = synthetic.generate(tmp_path / "out", patients=1)
+    assert run_cli(src, "--out", out) == 2
+    assert f"--out {out} already holds a dataset" in capsys.readouterr().err
+    assert set(read_manifest(out).dataset) == {"synthetic"}
+    assert run_cli(src, "--out", out, "--overwrite") == 0
+    assert set(read_manifest(out).dataset) == {"acdc"}
+
+
+def test_overwrite_refuses_a_folder_that_only_looks_like_a_dataset(tmp_path, capsys):
+    src = hdf5_tree(tmp_path / "acdc")
     out = tmp_path / "out"
     out.mkdir()
     (out / "manifest.csv").write_text("image,dataset\nx.png,sunnybrook\n")
-    assert run_cli(src, "--out", out) == 2
-    assert f"--out {out} already holds a dataset" in capsys.readouterr().err
+    assert run_cli(src, "--out", out, "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert f"--out {out} holds files but is not a dataset made by data_prep" in err
     assert (out / "manifest.csv").read_text().endswith("sunnybrook\n")
-    assert run_cli(src, "--out", out, "--overwrite") == 0
-    assert set(read_manifest(out).dataset) == {"acdc"}
+
+
+def test_out_inside_the_source_is_refused(tmp_path, capsys):
+    src = hdf5_tree(tmp_path / "acdc")
+    assert run_cli(src, "--out", src, "--overwrite") == 2
+    assert f"--out {src} is the source {src}" in capsys.readouterr().err
+    assert run_cli(src, "--out", src / "data" / "ds") == 2
+    assert "lies inside the source" in capsys.readouterr().err
+    assert not (src / "data" / "ds").exists() and len(list((src / "data").iterdir())) == 2 + 2 * len(AREAS_APEX_TO_BASE)
 
 
 def test_cli_subprocess_exit_code(tmp_path):

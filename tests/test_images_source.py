@@ -355,9 +355,9 @@ def test_bad_folder_trees(small_tree, tmp_path):
     with pytest.raises(DataPrepError, match=re.escape("does not match 'patient7_ED_0.png'")):
         images.build(small_tree, tmp_path / "ds", patient_regex=REGEX)
     odd.unlink()
-    with pytest.raises(DataPrepError, match="overlaps the source folder"):
+    with pytest.raises(DataPrepError, match="ds lies inside the source .*; write the dataset elsewhere"):
         images.build(small_tree, small_tree / "ds", patient_regex=REGEX, overwrite=True)
-    with pytest.raises(DataPrepError, match="overlaps the source folder"):
+    with pytest.raises(DataPrepError, match="contains the source .*; write the dataset elsewhere"):
         images.build(small_tree, small_tree.parent, patient_regex=REGEX, overwrite=True)
     (small_tree / "inside" / "readme.txt").write_text("x")
     with pytest.raises(DataPrepError, match="readme.txt: unknown image extension '.txt'"):
