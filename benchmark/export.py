@@ -61,12 +61,14 @@ def export(run: Path, fmt: str, out: Path | None = None) -> Path:
     target = out / "model.onnx" if fmt == "onnx" else out / "savedmodel"
     out.mkdir(parents=True)
     try:
-        model.export(str(target), format=FORMATS[fmt], verbose=False)
+        # explicit: a loaded model has never been called, which Keras' ONNX export otherwise refuses
+        signature = [keras.InputSpec(shape=(None, prep.input_size, prep.input_size, 3), dtype="float32")]
+        model.export(str(target), format=FORMATS[fmt], verbose=False, input_signature=signature)
     except BaseException as exc:  # a half-written export would block the rerun (--out exists)
         shutil.rmtree(out, ignore_errors=True)
-        if isinstance(exc, ImportError):  # ONNX from TensorFlow needs tf2onnx, which TensorFlow does not bring
-            raise BenchmarkInputError(f"--format onnx needs tf2onnx and onnx (pip install tf2onnx onnx): {exc}") \
-                from None
+        if isinstance(exc, ImportError):  # ONNX from TensorFlow needs tf2onnx and onnx, which it does not bring
+            raise BenchmarkInputError(f"--format onnx needs tf2onnx and onnx: pip install "
+                                      f"\"cardiac-slice-benchmark[onnx]\" ({exc})") from None
         raise
     card = {
         "format": fmt, "path": target.name, "endpoint": "serve" if fmt == "savedmodel" else None,
@@ -89,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                                             "an export card (export_card.json) stating the input preprocessing.")
     p.add_argument("run", type=Path, help="run directory (OUT/<backbone>_d<depth>) or its model/ directory")
     p.add_argument("--format", choices=list(FORMATS), default="savedmodel",
-                   help="savedmodel (TensorFlow SavedModel, endpoint 'serve'; default) or onnx (needs tf2onnx)")
+                   help="savedmodel (TensorFlow SavedModel, endpoint 'serve'; default) or onnx (pip install "
+                        "'.[onnx]')")
     p.add_argument("--out", type=Path, help="where the export goes (default RUN/export_<format>)")
     args = p.parse_args(argv)
     from .data import BenchmarkInputError

@@ -1,5 +1,6 @@
 """`python -m benchmark export`: the SavedModel computes what the Keras model computes, and its card states the
-preprocessing exactly as model.json records it. (ONNX needs tf2onnx, which is not installed with the project.)"""
+preprocessing exactly as model.json records it; so does the ONNX file where tf2onnx and onnxruntime are installed
+(they are not project dependencies)."""
 from __future__ import annotations
 
 import json
@@ -51,3 +52,15 @@ def test_export_refuses_an_existing_out(run_dir, tmp_path, capsys):
     assert main(["export", str(run), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"benchmark export: error: --out {tmp_path} exists; remove it or give another --out"]
+
+
+def test_onnx_export_matches_keras(run_dir, tmp_path):
+    pytest.importorskip("tf2onnx", reason="ONNX export needs the [onnx] extra (tf2onnx, onnx, onnxruntime)")
+    ort = pytest.importorskip("onnxruntime", reason="checking the ONNX file needs onnxruntime")
+    run, model, _ = run_dir
+    out = tmp_path / "export"
+    assert main(["export", str(run), "--format", "onnx", "--out", str(out)]) == 0
+    session = ort.InferenceSession(str(out / "model.onnx"))
+    x = np.random.default_rng(1).uniform(-1, 1, size=(5, 32, 32, 3)).astype("float32")
+    (exported,) = session.run(None, {session.get_inputs()[0].name: x})
+    np.testing.assert_allclose(exported, model.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
