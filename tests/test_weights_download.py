@@ -167,3 +167,12 @@ def test_weights_listing(keras_home, capsys):
     # "ok" is Keras' md5 matching: checked against a file whose hash we know
     ok = ImagenetFile(IMAGENET["vgg16"].name, IMAGENET["vgg16"].path, hashlib.md5(b"x").hexdigest())
     assert weights.status(ok) == "ok"
+
+
+def test_weights_download_option(keras_home, mirror, shared_mobilenet, capsys):
+    mirror.put(MOBILENET, shared_mobilenet)
+    assert weights.main(["--download", "mobilenet"]) == 0
+    assert sha256(keras_home / "models" / MOBILENET.name) == sha256(shared_mobilenet)
+    assert weights.main(["--download", "resnet18"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"benchmark weights: error: --download resnet18: not a pretrained backbone; valid: {', '.join(IMAGENET)}"]
