@@ -75,6 +75,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_weights_file(path: str, option: str | None) -> None:
+    """A weights file Keras would load at model build: an HDF5 file with layer weights. Checked up front, so a wrong
+    file stops the grid before any data is read, not each model's first job (which would be retried)."""
+    import h5py
+
+    from .data import BenchmarkInputError
+    where = f"--weights {option}" if option not in (None, "imagenet", "auto") else path
+    try:
+        with h5py.File(path, "r") as f:
+            has_layers = "layer_names" in f.attrs or "model_weights" in f or "layers" in f
+    except OSError as exc:
+        raise BenchmarkInputError(f"{where}: not a readable HDF5 (.h5) weights file ({exc})") from None
+    if not has_layers:
+        raise BenchmarkInputError(f"{where}: an HDF5 file without Keras layer weights (no layer_names, "
+                                  f"model_weights or layers); give a no-top .h5 weights file")
+
+
+def check_cache_dir(path: Path) -> None:
+    """--cache-dir must be, or be creatable as, a directory (the feature pass would fail on it only after minutes)."""
+    from .data import BenchmarkInputError
+    existing = next(p for p in [path, *path.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        raise BenchmarkInputError(f"--cache-dir {path}: {'it' if existing == path else existing} is a file, not a "
+                                  f"directory")
+
+
 def fractions_list(text: str) -> list[float]:
     """Comma-separated fractions, ascending and distinct (range checked with the data, by data.nested_subsets)."""
     try:
@@ -117,17 +143,29 @@ def _run(args: argparse.Namespace) -> int:
     profile = get_profile(args.profile).with_overrides(epochs=args.epochs, n_folds=args.folds)
     if profile.epochs < 1 or profile.n_folds < 2:
         raise BenchmarkInputError("--epochs must be >= 1 and --folds >= 2")
+    if not 0 <= args.seed < 2**32:  # numpy and TensorFlow take seeds of 32 bits
+        raise BenchmarkInputError(f"--seed must be between 0 and {2**32 - 1}, got {args.seed}")
     if args.repeats < 1 or (args.repeats > 1 and not args.train_fraction):
         raise BenchmarkInputError("--repeats must be >= 1, and more than 1 only with --train-fraction")
     if (args.target is None) != (args.task == "classification"):
         raise BenchmarkInputError(f"--task {args.task} needs --target COLUMN (a numeric manifest column, e.g. "
                                   f"lv_cavity_px)" if args.target is None else
                                   f"--target {args.target} is for --task regression or multi, not {args.task}")
-    pairs = plan([b.strip() for b in args.backbone.split(",") if b.strip()], args.depth)
+    backbones = [b.strip() for b in args.backbone.split(",") if b.strip()]
+    if not backbones:
+        raise BenchmarkInputError(f"--backbone {args.backbone!r} names no backbone; give one, a comma-separated "
+                                  f"list, or 'all'")
+    pairs = plan(backbones, args.depth)
+    weights_files = set()
     for key, _ in pairs:  # a missing weights file stops everything before any data is read or work is done
         spec = get_spec(key)
-        choose_weights(spec, args.weights or profile.weights, profile.for_backbone(spec).input_size(spec))
+        _, path = choose_weights(spec, args.weights or profile.weights, profile.for_backbone(spec).input_size(spec))
+        weights_files.add(path)
+    for path in sorted(weights_files - {None}):
+        check_weights_file(path, args.weights)
     check_writable(args.out)
+    if args.cache_dir is not None:
+        check_cache_dir(args.cache_dir)
     data = args.data or synthetic_default(profile.synthetic_patients)
     import keras
     # No tf.config.experimental.enable_op_determinism(): it forbids the XLA-compiled depth-1 step (MaxPoolGrad has

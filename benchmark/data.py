@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import math
 import os
+import sys
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -15,14 +16,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
+from tqdm import tqdm
 
 from data_prep.errors import DataPrepError
-from data_prep.manifest import dataset_classes, file_sha256, labelled, load_image, read_manifest, MANIFEST
+from data_prep.manifest import check_finite, dataset_classes, file_sha256, labelled, load_image, read_manifest, MANIFEST
 
 from .preprocess import Preprocessing, make_input
 
@@ -89,6 +91,21 @@ class Dataset:
             h.update(f"{name}:{file_sha256(self.root / name)}".encode())
         return h.hexdigest()
 
+    def check_images(self) -> None:
+        """Read every image once (decode and finiteness), before any training: a bad file stops the run with one
+        message naming it, instead of failing a feature pass or a fit, or poisoning it with NaN, minutes later."""
+        names = self.rows["image"].tolist()
+        for name in tqdm(names, desc=f"checking {self.root.name} images", unit="image", leave=False,
+                         disable=None if len(names) >= 500 else True, file=sys.stderr):
+            path = self.root / name
+            try:
+                img = load_image(path)
+                check_finite(img, f"image file {path}")
+            except DataPrepError as exc:
+                raise BenchmarkInputError(str(exc)) from exc
+            if img.size == 0:
+                raise BenchmarkInputError(f"image file {path} holds an empty image (shape {img.shape})")
+
     @cached_property
     def _native(self) -> list[np.ndarray]:
         try:
@@ -148,7 +165,9 @@ def stratified_group_split(y: np.ndarray, groups: np.ndarray, n_splits: int,
     """Seeded patient-grouped folds, stratified by class as far as the groups allow."""
     n_groups = len(np.unique(groups))
     if n_groups < n_splits:
-        raise BenchmarkInputError(f"{n_groups} patients cannot make {n_splits} patient-grouped folds")
+        fewer = f"use --folds {n_groups} or fewer, or more data" if n_groups >= 2 else "more data is needed"
+        raise BenchmarkInputError(f"--folds {n_splits}: the training pool's {n_groups} patient(s) cannot make "
+                                  f"{n_splits} patient-grouped folds; {fewer}")
     with warnings.catch_warnings():
         # sklearn warns when a class has fewer groups than folds; we report empty classes per fold ourselves
         warnings.simplefilter("ignore", UserWarning)
@@ -156,12 +175,13 @@ def stratified_group_split(y: np.ndarray, groups: np.ndarray, n_splits: int,
         return [(tr, va) for tr, va in splitter.split(np.zeros(len(y)), y, groups)]
 
 
-def train_test_split(ds: Dataset, test_fraction: float | None, seed: int,
-                     test_ds: Dataset | None = None) -> tuple[np.ndarray, np.ndarray]:
+def train_test_split(ds: Dataset, test_fraction: float | None, seed: int, test_ds: Dataset | None = None,
+                     n_folds: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Row indices of the training pool and the test set, never sharing a patient.
 
     Priority: a separate test dataset (all of ds is training); else the manifest's `split` column ("test" rows) when
-    no fraction is given; else a seeded patient-level split stratified by class holding out `test_fraction`.
+    no fraction is given; else a seeded patient-level split stratified by class holding out `test_fraction` of the
+    patients (`holdout_patients`), leaving at least `n_folds` training patients when the fraction was given.
     """
     rows = ds.rows
     if test_ds is not None:
@@ -177,11 +197,41 @@ def train_test_split(ds: Dataset, test_fraction: float | None, seed: int,
             raise BenchmarkInputError(f"{ds.root}: split column puts patient {shared[0]} in train and test")
         return np.flatnonzero(~test), np.flatnonzero(test)
     fraction = 0.2 if test_fraction is None else test_fraction
+    # with the default fraction, too small a pool is the folds' problem, and make_folds says so naming --folds
+    held_out = holdout_patients(rows.patient.to_numpy(), rows.y.to_numpy(), fraction, seed,
+                                n_folds if test_fraction is not None else 1)
+    test = rows.patient.isin(held_out).to_numpy()
+    return np.flatnonzero(~test), np.flatnonzero(test)
+
+
+def holdout_patients(patients: np.ndarray, y: np.ndarray, fraction: float, seed: int, n_folds: int) -> np.ndarray:
+    """The test patients of --test-fraction: round(fraction * n) of the n patients (halves up), taken in a seeded
+    order stratified by class signature (`stratified_order`), so each signature is held out in proportion.
+
+    Refuses (naming --test-fraction) a fraction outside (0, 1), one that holds out no patient, and one that leaves
+    fewer than `n_folds` training patients."""
     if not 0 < fraction < 1:
-        raise BenchmarkInputError(f"--test-fraction must be between 0 and 1, got {fraction}")
-    n_splits = max(2, round(1 / fraction))
-    pool, test = stratified_group_split(rows.y.to_numpy(), rows.patient.to_numpy(), n_splits, seed)[0]
-    return np.sort(pool), np.sort(test)
+        raise BenchmarkInputError(f"--test-fraction must be between 0 and 1 (exclusive), got {fraction:g}")
+    order = stratified_order(patients, y, np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,))))
+    n = len(order)
+    k = math.floor(round(fraction * n, 9) + 0.5)
+    if k < 1 or n - k < n_folds:
+        why = ("holds out no patient" if k < 1 else
+               f"leaves {n - k} training patient(s), fewer than the {n_folds} patient-grouped CV folds (--folds) "
+               f"need")
+        # k >= 1 from fraction 0.5 / n on; k <= n - n_folds below (n - n_folds + 0.5) / n
+        lo, hi = math.ceil(0.5 / n * 1000) / 1000, (math.ceil((n - n_folds + 0.5) / n * 1000) - 1) / 1000
+        usable = (f"usable fractions here: {lo:g} to {hi:g}"
+                  if n - n_folds >= 1 else f"{n} patients are too few for a test set and {n_folds} folds")
+        raise BenchmarkInputError(f"--test-fraction {fraction:g} of {n} patients {why}; {usable}")
+    return np.sort(order[:k])
+
+
+def split_description(ds: Dataset, pool: np.ndarray, test_ds: Dataset | None, test: np.ndarray) -> dict[str, Any]:
+    """The held-out share as realised: test patients and their fraction of all patients (config.json)."""
+    n_train = ds.rows.patient.iloc[pool].nunique()
+    n_test = (test_ds.rows if test_ds is not None else ds.rows.iloc[test]).patient.nunique()
+    return {"n_test_patients": int(n_test), "test_fraction_realised": round(n_test / (n_train + n_test), 6)}
 
 
 def make_folds(ds: Dataset, pool: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -206,7 +256,13 @@ def make_folds(ds: Dataset, pool: np.ndarray, n_folds: int, seed: int) -> list[t
 
 
 def patient_order(patients: np.ndarray, y: np.ndarray, seed: int, repeat: int) -> np.ndarray:
-    """The distinct patients in the order nested training subsets take them (seeded by seed and repeat).
+    """The distinct patients in the order nested training subsets take them (`stratified_order`, seeded by seed and
+    repeat)."""
+    return stratified_order(patients, y, np.random.default_rng([seed, repeat]))
+
+
+def stratified_order(patients: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The distinct patients in a random order whose every prefix holds each class signature in proportion.
 
     Patients are stratified by their class signature (which classes their slices contain). Each stratum gets a
     seeded permutation spread evenly over [0, 1) from a random offset, and patients are taken in the order of those
@@ -214,7 +270,6 @@ def patient_order(patients: np.ndarray, y: np.ndarray, seed: int, repeat: int) -
     signature, such as the few patients with an OBS slice, is neither crowded out nor over-represented.
     """
     patients, y = np.asarray(patients), np.asarray(y)
-    rng = np.random.default_rng([seed, repeat])
     signature = pd.Series(y).groupby(patients).agg(lambda s: tuple(sorted(set(s))))  # index: sorted patients
     ids, keys = [], []
     for _, members in sorted(signature.groupby(signature), key=lambda g: g[0]):

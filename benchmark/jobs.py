@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from data_prep import atomic
+from data_prep.errors import DataPrepError
 from .data import BenchmarkInputError
 from .protocol import Experiment, ModelRun, run_name
 from .registry import get_spec
@@ -355,8 +356,9 @@ def _raise_interrupt(signum, frame):
 
 
 def _stop_on_fatal(exc: BaseException) -> None:
-    """Bad input is not retried and stops the grid; so does a disk that cannot take results."""
-    if isinstance(exc, BenchmarkInputError):
+    """Bad input is not retried (it would fail again, and every other model too) and stops the grid; so does a disk
+    that cannot take results."""
+    if isinstance(exc, (BenchmarkInputError, DataPrepError)):
         raise exc
     if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
         raise BenchmarkInputError(f"cannot write results ({exc.strerror}: {exc.filename or ''}); finished jobs "

@@ -44,7 +44,7 @@ PREFIX = {"benchmark": "benchmark: error: ", "predict": "benchmark predict: erro
           "report": "benchmark.report: error: "}  # data_prep: "data_prep <source>: error: "
 # files whose presence says "finished": none may appear after a refusal
 FINISHED = {"DONE", "manifest.csv", "dataset.json", "summary.csv", "summary.md", "test_metrics.json",
-            "predictions.csv", "ranges.json", "table2_test.csv", "model.keras"}
+            "predictions.csv", "ranges.json", "table1_time.csv", "table2_test.csv", "model.keras"}
 TRAIN = ["--epochs", "1", "--folds", "2", "--weights", "none"]
 
 
@@ -306,6 +306,115 @@ def _(c: Ctx) -> Case:
                 (str(run), "results format 0", f"this code writes {RESULTS_FORMAT}", "another --out"))
 
 
+# issue 17: each input is checked once, up front, before any training
+CBR = ("--backbone", "cbr_tiny", "--weights", "none", "--test-fraction", "0.25")
+
+
+@case("benchmark/empty_backbone_list")
+def _(c: Ctx) -> Case:
+    return Case("benchmark", c.bench("--backbone", ","), ("--backbone ','", "names no backbone"))
+
+
+@case("benchmark/negative_seed")
+def _(c: Ctx) -> Case:
+    return Case("benchmark", c.bench("--seed", "-1", *CBR), ("--seed must be between 0 and 4294967295, got -1",))
+
+
+@case("benchmark/more_folds_than_patients")
+def _(c: Ctx) -> Case:
+    return Case("benchmark", c.bench("--backbone", "cbr_tiny", "--folds", "50"),
+                ("--folds 50: the training pool's 6 patient(s) cannot make 50 patient-grouped folds",
+                 "use --folds 6 or fewer"))
+
+
+@case("benchmark/test_fraction_holds_out_nobody")
+def _(c: Ctx) -> Case:
+    return Case("benchmark", c.bench("--backbone", "cbr_tiny", "--test-fraction", "0.01"),
+                ("--test-fraction 0.01 of 8 patients holds out no patient", "usable fractions here: 0.063 to 0.812"))
+
+
+@case("benchmark/test_fraction_leaves_too_few_for_the_folds")
+def _(c: Ctx) -> Case:
+    return Case("benchmark", c.bench("--backbone", "cbr_tiny", "--test-fraction", "0.9"),
+                ("--test-fraction 0.9 of 8 patients leaves 1 training patient(s), fewer than the 2 patient-grouped "
+                 "CV folds (--folds) need",))
+
+
+@case("benchmark/split_column_unknown_value")
+def _(c: Ctx) -> Case:
+    data = edit_manifest(copy_dataset(c.tiny, c.tmp / "data"), lambda df: df.assign(
+        split=np.where(df["patient"] == df["patient"].iloc[0], "validation", "train")))
+    return Case("benchmark", c.bench("--data", str(data), *CBR[:4]),
+                (str(data / "manifest.csv"), "column split holds 'validation'", "allowed: train, test or empty"))
+
+
+@case("benchmark/dataset_json_not_an_object")
+def _(c: Ctx) -> Case:
+    data = copy_dataset(c.tiny, c.tmp / "data")
+    (data / "dataset.json").write_text("[\"OAP\", \"IN\", \"OBS\"]")
+    return Case("benchmark", c.bench("--data", str(data), *CBR), (str(data / "dataset.json"),
+                                                                  "expected a JSON object, got list"))
+
+
+@case("benchmark/dataset_json_classes_not_strings")
+def _(c: Ctx) -> Case:
+    data = copy_dataset(c.tiny, c.tmp / "data")
+    meta = json.loads((data / "dataset.json").read_text())
+    (data / "dataset.json").write_text(json.dumps({**meta, "classes": [1, 2, 3]}))
+    return Case("benchmark", c.bench("--data", str(data), *CBR),
+                (str(data / "dataset.json"), "classes must be a list of distinct, non-empty class names", "[1, 2, 3]"))
+
+
+def tiny_with_bad_image(c: Ctx, write: Callable[[Path], Path | None]) -> tuple[Path, Path]:
+    """tiny copied, one labelled slice's image replaced by what write(its path) leaves (a new path the manifest then
+    names, or None: the path as it is)."""
+    data = copy_dataset(c.tiny, c.tmp / "data")
+    rows = pd.read_csv(data / "manifest.csv", dtype=str, keep_default_na=False)
+    i = rows.index[rows["label"] != ""][5]
+    bad = write(data / rows.at[i, "image"]) or data / rows.at[i, "image"]
+    rows.at[i, "image"] = bad.relative_to(data).as_posix()
+    rows.to_csv(data / "manifest.csv", index=False)
+    return data, bad
+
+
+def nan_npy(png: Path) -> Path:
+    png.unlink()
+    np.save(png.with_suffix(".npy"), np.where(np.eye(16) > 0, np.nan, 100.0))
+    return png.with_suffix(".npy")
+
+
+@case("benchmark/nan_image")
+def _(c: Ctx) -> Case:
+    data, bad = tiny_with_bad_image(c, nan_npy)
+    return Case("benchmark", c.bench("--data", str(data), *CBR), (f"image file {bad}", "NaN or infinite"))
+
+
+@case("benchmark/missing_image")
+def _(c: Ctx) -> Case:
+    data, bad = tiny_with_bad_image(c, Path.unlink)
+    return Case("benchmark", c.bench("--data", str(data), *CBR), (f"image file not found: {bad}",))
+
+
+@case("benchmark/empty_image_file")
+def _(c: Ctx) -> Case:
+    data, bad = tiny_with_bad_image(c, lambda p: [p.write_bytes(b""), None][1])
+    return Case("benchmark", c.bench("--data", str(data), *CBR), (str(bad), "unreadable or truncated"))
+
+
+@case("benchmark/weights_not_hdf5")
+def _(c: Ctx) -> Case:
+    junk = c.tmp / "mobilenet.h5"
+    junk.write_bytes(b"not an HDF5 file")
+    return Case("benchmark", c.bench("--backbone", "mobilenet", "--depth", "0", "--weights", str(junk)),
+                (f"--weights {junk}: not a readable HDF5 (.h5) weights file",))
+
+
+@case("benchmark/cache_dir_is_a_file")
+def _(c: Ctx) -> Case:
+    return Case("benchmark", c.bench("--cache-dir", str(c.blocker), *CBR),
+                (f"--cache-dir {c.blocker}: it is a file, not a directory",))
+
+
 # ---- benchmark predict ---------------------------------------------------------------------------------------------
 
 @case("predict/corrupt_dicom")
@@ -333,6 +442,23 @@ def _(c: Ctx) -> Case:
 def _(c: Ctx) -> Case:
     return Case("predict", ["--model", fake_model(c.tmp / "run"), c.tiny, "--out", c.blocker / "o"],
                 (f"--out {c.blocker}/o",))
+
+
+@case("predict/nan_image")
+def _(c: Ctx) -> Case:
+    data, bad = tiny_with_bad_image(c, nan_npy)
+    return Case("predict", ["--model", fake_model(c.tmp / "run"), data, "--out", c.tmp / "o"],
+                (f"image file {bad}", "NaN or infinite"))
+
+
+@case("predict/model_json_names_another_backbone")
+def _(c: Ctx) -> Case:
+    """A CBR-Tiny model.keras under a model.json that says MobileNet (same input size, three classes)."""
+    from benchmark.registry import build_model
+    run = fake_model(c.tmp / "run")
+    build_model(get_spec("cbr_tiny"), 32, 3, seed=0).save(run / "model" / "model.keras")
+    return Case("predict", ["--model", run, c.tiny, "--out", c.tmp / "o"],
+                (str(run / "model" / "model.json"), "says backbone mobilenet", "(it is a CBR network)"))
 
 
 # ---- benchmark.report ----------------------------------------------------------------------------------------------
@@ -398,6 +524,22 @@ def _(c: Ctx) -> Case:
 def _(c: Ctx) -> Case:
     return Case("report", [results_copy(c), "--out", c.blocker / "rep", "--n-boot", "0", "--no-model-figures"],
                 (f"--out {c.blocker}/rep",))
+
+
+@case("report/test_metrics_not_an_object")
+def _(c: Ctx) -> Case:
+    target = results_copy(c)
+    (target / "mobilenet_d1" / "test_metrics.json").write_text("[0.5, 0.7]")
+    return report_case(target, c, (str(target / "mobilenet_d1" / "test_metrics.json"),
+                                    "expected a JSON object, got list"), "--n-boot", "0", "--no-model-figures")
+
+
+@case("report/predictions_without_a_probability_column")
+def _(c: Ctx) -> Case:
+    target = results_copy(c)
+    preds = target / "mobilenet_d1" / "test_predictions.csv"
+    pd.read_csv(preds).drop(columns="p_IN").to_csv(preds, index=False)
+    return report_case(target, c, (str(preds), "missing column(s) p_IN"), "--n-boot", "0", "--no-model-figures")
 
 
 @pytest.mark.parametrize("name", list(CASES))
