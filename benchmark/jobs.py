@@ -78,7 +78,7 @@ def build_graph(exp: Experiment, pairs: list[tuple[str, int]]) -> "OrderedDict[J
     folds = range(len(exp.folds))
     for key, depth in pairs:
         spec = get_spec(key)
-        lrs = exp.profile.for_backbone(spec).lrs(depth, spec.pretrained)
+        lrs = exp.profile.for_backbone(spec).lrs(depth, spec.pretrained, exp.task.has_target)
         features = (Job(key, depth, "features"),) if exp.use_cache else ()
         for job in features:
             graph[job] = ()

@@ -18,6 +18,9 @@ class Profile:
     lr_depth0: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
     lr_depth1: tuple[float, ...] = (1e-3, 1e-4, 1e-5)
     lr_cbr: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
+    # the CBR grid of a task with a target (regression, multi) where set (None: lr_cbr): trained from scratch, the
+    # standardised MSE can blow up at an LR where cross-entropy trains, and a grid whose every LR diverges fails
+    lr_cbr_target: tuple[float, ...] | None = None
     momentum: float = 0.9
     decay_rate: float = 1e-6            # InverseTimeDecay(lr, decay_steps=1, decay_rate)
     dropout: float = 0.5
@@ -44,9 +47,9 @@ class Profile:
     # field overrides for one backbone key, or for "cbr" (the from-scratch baselines); per-run fields only
     per_backbone: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def lrs(self, depth: int, pretrained: bool) -> tuple[float, ...]:
+    def lrs(self, depth: int, pretrained: bool, has_target: bool = False) -> tuple[float, ...]:
         if not pretrained:
-            return self.lr_cbr
+            return self.lr_cbr_target if has_target and self.lr_cbr_target else self.lr_cbr
         return {0: self.lr_depth0, 1: self.lr_depth1}[depth]
 
     def input_size(self, spec) -> int:
@@ -74,9 +77,9 @@ class Profile:
 
 
 # what may differ between the models of one grid; data-level fields (folds, split, augmentation) may not
-PER_RUN_FIELDS = {"epochs", "batch_size", "lr_depth0", "lr_depth1", "lr_cbr", "dropout", "bank_views",
-                  "cache_dtype", "cache_budget_gb", "jit_compile_depth1", "feature_precision", "feature_batch",
-                  "cv_threads"}
+PER_RUN_FIELDS = {"epochs", "batch_size", "lr_depth0", "lr_depth1", "lr_cbr", "lr_cbr_target", "dropout",
+                  "bank_views", "cache_dtype", "cache_budget_gb", "jit_compile_depth1", "feature_precision",
+                  "feature_batch", "cv_threads"}
 
 PROFILES: dict[str, Profile] = {p.name: p for p in [
     Profile("paper", "Ho & Kim 2021: paper input sizes, 3 LRs x 5 folds x 50 epochs, batch 32, oversample 6, "
@@ -85,10 +88,11 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
                      "minutes on 2 CPU cores: 16 phantom patients, 3 folds, 3 epochs, LR grid {1e-2, 1e-3} at depth "
                      "0 and {1e-3} at depth 1, one bank view per training slot, inputs of 32-64 px (75/71 px, the "
                      "minimum, for the Inception family and Xception); the CBR baselines (all layers trained, slow "
-                     "on CPU) get 1 epoch, LR 1e-2 and 16 px inputs (CBR-LargeT: 32, its minimum). ImageNet weights "
-                     "where present, random otherwise (recorded per run).",
+                     "on CPU) get 1 epoch, LR 1e-2 (with a target, regression or multi: 1e-3, as 1e-2 diverges) "
+                     "and 16 px inputs (CBR-LargeT: 32, its minimum). ImageNet weights where present, random "
+                     "otherwise (recorded per run).",
             epochs=3, n_folds=3,
-            lr_depth0=(1e-2, 1e-3), lr_depth1=(1e-3,), lr_cbr=(1e-2,),
+            lr_depth0=(1e-2, 1e-3), lr_depth1=(1e-3,), lr_cbr=(1e-2,), lr_cbr_target=(1e-3,),
             bank_views=1, weights="auto", synthetic_patients=16,
             input_sizes={"mobilenet": 64, "mobilenetv2": 64, "vgg16": 64, "inceptionv3": 75, "resnet50v2": 32,
                          "inceptionresnetv2": 75, "densenet121": 32, "nasnetmobile": 32, "xception": 71,

@@ -1,0 +1,157 @@
+"""Issue 17, benchmark half: nothing lost, nothing silently wrong. What is recorded and what is matched (the refusals,
+one message and exit code 2 each, are cases of test_bad_inputs.py)."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmark import jobs, profiles
+from benchmark.__main__ import main as benchmark_main
+from benchmark.data import BenchmarkInputError, Dataset, holdout_patients, train_test_split
+from benchmark.grid import make_experiment
+from benchmark.predict import REPORT_PREFIX, report_names
+from benchmark.protocol import DONE, ModelRun
+from benchmark.registry import get_spec
+from data_prep import atomic
+from data_prep.errors import DataPrepError
+from data_prep.manifest import load_image
+from test_bad_inputs import copy_dataset, edit_manifest
+
+QUICK = ["--profile", "quick", "--epochs", "1", "--folds", "2", "--weights", "none"]
+
+
+def quick(**kw) -> profiles.Profile:
+    return profiles.get_profile("quick").with_overrides(epochs=1, n_folds=2, **kw)
+
+
+def test_reimported_images_under_the_same_manifest_are_other_data(tiny_synthetic, tmp_path, capsys):
+    """A finished run on A is not taken for a run on B, whose manifest is A's byte for byte but whose pixels are
+    not (a re-import with --overwrite): the rerun is refused naming `data`, instead of "finished earlier, skipped"
+    with A's predictions."""
+    b = copy_dataset(tiny_synthetic, tmp_path / "b")
+    for png in (b / "images").glob("*.png"):
+        img = load_image(png)
+        cv2.imwrite(str(png), (img.max() - img).astype(np.uint16))
+    assert (b / "manifest.csv").read_bytes() == (tiny_synthetic / "manifest.csv").read_bytes()
+    out = tmp_path / "out"
+    exp = make_experiment(tiny_synthetic, quick(), 0, out, "none", use_cache=True, test_fraction=0.25)
+    run = ModelRun(exp, get_spec("cbr_tiny"), 0)
+    run.dir.mkdir(parents=True)
+    atomic.write_json(run.dir / "config.json", run.config())
+    (run.dir / DONE).write_text("")
+    assert run.check_dir(force=False)  # the same data: finished
+    assert run.config()["data"]["content_sha256"] == Dataset.load(tiny_synthetic).content_sha256
+
+    capsys.readouterr()
+    rc = benchmark_main(["--backbone", "cbr_tiny", *QUICK, "--test-fraction", "0.25", "--data", str(b),
+                         "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"benchmark: error: {run.dir} holds a run made with other settings (data); use "
+                               f"another --out, or --force to redo it"], err
+
+
+def test_test_data_content_is_part_of_the_identity(tiny_synthetic, tmp_path):
+    """--test-data is matched by its images too: the same manifest over other pixels is another test set."""
+    train = edit_manifest(copy_dataset(tiny_synthetic, tmp_path / "train"),
+                          lambda df: df[df.patient.isin(sorted(set(df.patient))[:6])])
+    test = edit_manifest(copy_dataset(tiny_synthetic, tmp_path / "test"),
+                         lambda df: df[df.patient.isin(sorted(set(df.patient))[6:])])
+    exp = make_experiment(train, quick(), 0, tmp_path / "out", "none", use_cache=True, test_data=test)
+    desc = exp.data_desc
+    assert desc["test_data"]["content_sha256"] == Dataset.load(test).content_sha256
+    assert desc["n_test_patients"] == 2 and desc["test_fraction_realised"] == 0.25
+    run = ModelRun(exp, get_spec("cbr_tiny"), 0)
+    run.dir.mkdir(parents=True)
+    atomic.write_json(run.dir / "config.json", run.config())
+    for png in (test / "images").glob("*.png"):
+        cv2.imwrite(str(png), (255 - load_image(png)).astype(np.uint16))
+    again = make_experiment(train, quick(), 0, tmp_path / "out", "none", use_cache=True, test_data=test)
+    with pytest.raises(BenchmarkInputError, match=r"other settings \(data\)"):
+        ModelRun(again, get_spec("cbr_tiny"), 0).check_dir(force=False)
+
+
+@pytest.mark.parametrize("fraction, n, expected", [(0.3, 30, 9), (0.9, 30, 27), (0.25, 8, 2), (0.2, 8, 2),
+                                                   (0.1, 70, 7), (0.5, 5, 3)])
+def test_test_fraction_holds_out_what_it_says(fraction, n, expected):
+    """round(F * n) patients (halves up), not 1 / round(1 / F) of them (0.3 -> 1/3, 0.9 -> 1/2 before); each
+    class signature in proportion; seeded."""
+    patients = np.repeat([f"p{i:02d}" for i in range(n)], 3)
+    # a third of the patients have an OBS (2) slice, the others OAP (0) and IN (1) only
+    y = np.array([c for i in range(n) for c in ((0, 1, 2) if i % 3 == 0 else (0, 1, 1))])
+    held = holdout_patients(patients, y, fraction, seed=4, n_folds=2)
+    assert len(held) == expected == len(set(held))
+    with_obs = {f"p{i:02d}" for i in range(0, n, 3)}
+    share = len(with_obs) / n * expected
+    assert np.floor(share) <= len(set(held) & with_obs) <= np.ceil(share)
+    np.testing.assert_array_equal(held, holdout_patients(patients, y, fraction, seed=4, n_folds=2))
+
+
+def test_realised_test_fraction_is_recorded(tiny_synthetic, tmp_path):
+    exp = make_experiment(tiny_synthetic, quick(), 0, tmp_path, "none", use_cache=True, test_fraction=0.3)
+    patients = exp.ds.rows.patient
+    assert exp.data_desc["test_fraction"] == 0.3
+    assert exp.data_desc["n_test_patients"] == patients.iloc[exp.test].nunique() == 2  # round(0.3 * 8) = 2
+    assert exp.data_desc["test_fraction_realised"] == 0.25
+    assert not set(patients.iloc[exp.test]) & set(patients.iloc[exp.pool])
+
+
+def test_split_column_matches_any_case(tiny_synthetic, tmp_path):
+    """`Test` and ` TEST ` hold their patients out as `test` does (before: ignored, a random split made and the
+    designated test patients trained on)."""
+    names = sorted(pd.read_csv(tiny_synthetic / "manifest.csv").patient.unique())
+    data = edit_manifest(copy_dataset(tiny_synthetic, tmp_path / "data"), lambda df: df.assign(
+        split=df.patient.map({names[0]: "Test", names[1]: " TEST "}).fillna("Train")))
+    ds = Dataset.load(data)
+    pool, test = train_test_split(ds, None, seed=0)
+    assert set(ds.rows.patient.iloc[test]) == {names[0], names[1]}
+    assert set(ds.rows.split) == {"test", "train"}
+
+
+@pytest.mark.parametrize("error", [BenchmarkInputError, DataPrepError])
+def test_a_user_error_inside_a_job_is_not_retried(error, tiny_synthetic, tmp_path, monkeypatch, capsys):
+    """Bad input found by a job fails every retry and every model alike: one message, exit 2, at once; no summary
+    claims results."""
+    calls = []
+
+    def bad_features(self):
+        calls.append(self.name)
+        raise error(f"image file {tiny_synthetic / 'images' / 'x.png'}: unreadable")
+
+    monkeypatch.setattr(ModelRun, "features", bad_features)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    rc = benchmark_main(["--backbone", "cbr_tiny", *QUICK, "--test-fraction", "0.25", "--data", str(tiny_synthetic),
+                         "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and calls == ["cbr_tiny"], (rc, calls)
+    assert err == [f"benchmark: error: image file {tiny_synthetic / 'images' / 'x.png'}: unreadable"], err
+    assert not (out / "summary.csv").exists() and not list(out.rglob(DONE))
+
+
+def test_predict_report_names_are_unique_per_stack():
+    """`a b` and `a_b` (and `C` and `c`, on a case-insensitive disk) sanitise to one file name: each gets a
+    hash of its real ids, so four stacks give four reports; a name without a clash stays as it was."""
+    keys = [("a b", "ED"), ("a_b", "ED"), ("C", "0"), ("c", "0"), ("d", "ES")]
+    names = report_names(keys)
+    assert len({n.lower() for n in names.values()}) == len(keys)
+    assert names[("d", "ES")] == f"{REPORT_PREFIX}d_ES.png"
+    assert all(names[k].startswith(f"{REPORT_PREFIX}a_b_ED_") for k in keys[:2])
+    assert names == report_names(list(reversed(keys)))  # a stack's name does not depend on the others' order
+
+
+def test_regression_cbr_learning_rates_do_not_diverge_by_default(tiny_synthetic, tmp_path):
+    """The quick profile's only CBR LR, 1e-2, diverges for a target on the phantom ("every learning rate
+    diverged"); a regression or multi-task CBR run takes lr_cbr_target (1e-3) instead, in the job graph as in the
+    run (a classification keeps 1e-2). Checked by running: see docs/reliability.md."""
+    for task, lrs in (("classification", (1e-2,)), ("regression", (1e-3,)), ("multi", (1e-3,))):
+        target = None if task == "classification" else "lv_cavity_px"
+        exp = make_experiment(tiny_synthetic, profiles.get_profile("quick"), 0, tmp_path / task, "none",
+                              use_cache=True, test_fraction=0.25, task=task, target=target)
+        assert ModelRun(exp, get_spec("cbr_tiny"), 0).lrs == lrs, task
+        cv = {j.lr for j in jobs.build_graph(exp, [("cbr_tiny", 0)]) if j.step == "cv"}
+        assert cv == set(lrs), task
+        assert ModelRun(exp, get_spec("mobilenet"), 0).lrs == (1e-2, 1e-3)  # pretrained grids are task-blind
