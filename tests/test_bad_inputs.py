@@ -183,6 +183,7 @@ def _(c: Ctx) -> Case:
 @case("benchmark/offline_weights")
 def _(c: Ctx) -> Case:
     c.monkeypatch.setenv("KERAS_HOME", str(c.tmp / "empty_keras_home"))
+    c.monkeypatch.setenv("CARDIAC_BENCH_OFFLINE", "1")  # else it downloads, as Keras does
     return Case("benchmark", c.bench("--backbone", "vgg16", "--weights", "imagenet"),
                 ("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",))
 
@@ -306,7 +307,7 @@ def _(c: Ctx) -> Case:
                 (str(run), "results format 0", f"this code writes {RESULTS_FORMAT}", "another --out"))
 
 
-# issue 17: each input is checked once, up front, before any training
+# each input is checked once, up front, before any training
 CBR = ("--backbone", "cbr_tiny", "--weights", "none", "--test-fraction", "0.25")
 
 

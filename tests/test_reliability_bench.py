@@ -1,8 +1,6 @@
-"""Issue 17, benchmark half: nothing lost, nothing silently wrong. What is recorded and what is matched (the refusals,
-one message and exit code 2 each, are cases of test_bad_inputs.py)."""
+"""Nothing lost, nothing silently wrong in the benchmark: what is recorded and what is matched (the refusals, one
+message and exit code 2 each, are cases of test_bad_inputs.py)."""
 from __future__ import annotations
-
-import json
 
 import cv2
 import numpy as np

@@ -1,4 +1,4 @@
-"""Issue 17, data_prep half: nothing the user did not ask to delete is deleted, and nothing wrong is imported
+"""data_prep: nothing the user did not ask to delete is deleted, and nothing wrong is imported
 silently. One test (or a few) per fault class; docs/reliability.md lists them."""
 from __future__ import annotations
 
