@@ -11,31 +11,41 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF C++ chatter hides our o
 
 def build_parser() -> argparse.ArgumentParser:
     from .profiles import PROFILES
-    from .registry import BACKBONES
+    from .catalog import BACKBONE_KEYS
     p = argparse.ArgumentParser(
         prog="python -m benchmark",
         description="Transfer-learning benchmark for cardiac short-axis slice classification (Ho & Kim 2021 "
                     "protocol): patient-grouped 5-fold CV over a learning-rate grid, automatic selection of LR and "
                     "epochs, a final fit on all training patients, and a patient-held-out test. Results go to "
                     "OUT/<backbone>_d<depth>/ and OUT/summary.csv.",
-        epilog="Profiles: " + "; ".join(f"{k}: {v.description}" for k, v in PROFILES.items()))
+        epilog="Profiles: " + "; ".join(f"{k}: {v.description}" for k, v in PROFILES.items())
+               + " Subcommands (each with --help): predict, report, perf, weights, export.")
     p.add_argument("--backbone", default="mobilenet",
-                   help=f"one of {', '.join(BACKBONES)}, a comma-separated list, or 'all' (9 backbones at the "
+                   help=f"one of {', '.join(BACKBONE_KEYS)}, a comma-separated list, or 'all' (9 backbones at the "
                         "requested depths + 3 CBR baselines = 21 models with --depth both). Default: mobilenet")
     p.add_argument("--depth", choices=["0", "1", "both"], default="both",
                    help="0: frozen backbone, head only; 1: last convolutional block fine-tuned (starts from the "
                         "depth-0 model); both (default). CBR baselines always train from scratch.")
-    p.add_argument("--data", type=Path, help="dataset directory made by `python -m data_prep`; default: the "
-                                             "embedded synthetic phantom (generated once and cached)")
+    p.add_argument("--data", type=dataset_dirs, metavar="DIR[,DIR...]",
+                   help="dataset directory made by `python -m data_prep`, or several separated by commas (e.g. ACDC "
+                        "and the phantom: one experiment over all, patients prefixed with their directory's name, "
+                        "splits stratified and test metrics reported per source); default: the embedded synthetic "
+                        "phantom (generated once and cached)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--test-data", type=Path, help="separate dataset directory used only for testing")
+    g.add_argument("--test-data", type=dataset_dirs, metavar="DIR[,DIR...]",
+                   help="separate dataset directory (or several, comma-separated) used only for testing")
     g.add_argument("--test-fraction", type=float,
                    help="fraction of patients held out for testing (patient-level, class-stratified); default: "
                         "the manifest's split column if it has test rows, else the profile's test_fraction")
     p.add_argument("--profile", default="quick", help=f"protocol profile: {', '.join(PROFILES)} (default quick)")
     p.add_argument("--weights", help="imagenet (Keras cache, $KERAS_HOME/models), none (random init), auto "
                                      "(imagenet where the file is present, else none) or a PATH to a no-top .h5 "
-                                     "file; default: the profile's (paper: imagenet, quick: auto)")
+                                     "file; default: the profile's (paper: imagenet, quick: auto). imagenet "
+                                     "downloads a missing file as Keras does (`python -m benchmark weights` lists "
+                                     "them)")
+    p.add_argument("--offline", action="store_true",
+                   help="never download ImageNet weights (as CARDIAC_BENCH_OFFLINE=1): a missing file stops the run "
+                        "with its URL and where to put it")
     p.add_argument("--seed", type=int, default=0, help="seed of splits, folds, augmentation and initialisation")
     p.add_argument("--out", type=Path, default=Path("results/run"), help="results directory (default results/run)")
     p.add_argument("--cache-dir", type=Path, help="where cached features live (default OUT/cache)")
@@ -101,6 +111,14 @@ def check_cache_dir(path: Path) -> None:
                                   f"directory")
 
 
+def dataset_dirs(text: str) -> list[Path]:
+    """One or more comma-separated dataset directories."""
+    paths = [Path(p.strip()) for p in text.split(",") if p.strip()]
+    if not paths:
+        raise argparse.ArgumentTypeError(f"no dataset directory in {text!r}")
+    return paths
+
+
 def fractions_list(text: str) -> list[float]:
     """Comma-separated fractions, ascending and distinct (range checked with the data, by data.nested_subsets)."""
     try:
@@ -112,12 +130,18 @@ def fractions_list(text: str) -> list[float]:
     return sorted(set(values))
 
 
+SUBCOMMANDS = ("predict", "report", "perf", "weights", "export")  # modules of this package with main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["predict"]:  # `python -m benchmark predict ...`: a trained model on a new study
-        from .predict import main as predict_main
-        return predict_main(argv[1:])
+    if argv[:1] and argv[0] in SUBCOMMANDS:  # e.g. `python -m benchmark predict ...`: a trained model on a new study
+        import importlib
+        return importlib.import_module(f".{argv[0]}", __package__).main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.offline:  # the environment, so that worker processes see it too
+        from .weights import OFFLINE_ENV
+        os.environ[OFFLINE_ENV] = "1"
     from data_prep.errors import DataPrepError
     from .data import BenchmarkInputError
     from .registry import WeightsMissing
@@ -136,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from .data import BenchmarkInputError, synthetic_default
-    from .grid import check_writable, make_experiment, plan, run_grid
+    from .grid import FINISHED, check_writable, make_experiment, plan, run_grid
     from .jobs import make_executor
     from .profiles import get_profile
     from .registry import choose_weights, get_spec
@@ -181,12 +205,12 @@ def _run(args: argparse.Namespace) -> int:
                               task=args.task, target=args.target)
         summary = run_grid(exp, pairs, force=args.force, executor=executor)
     print(f"summary: {args.out / 'summary.csv'}")
-    failed = summary[summary["status"] != "done"] if not summary.empty else summary
+    failed = summary[~summary["status"].isin(FINISHED)] if not summary.empty else summary
     return 1 if len(failed) else 0
 
 
 def _label_efficiency(args: argparse.Namespace, profile, pairs, data: Path, executor) -> int:
-    from .grid import make_label_experiments, run_grid, write_label_efficiency
+    from .grid import FINISHED, make_label_experiments, run_grid, write_label_efficiency
     subsets = make_label_experiments(data, profile, args.seed, args.out, args.weights or profile.weights,
                                      use_cache=profile.cache and not args.no_cache, fractions=args.train_fraction,
                                      repeats=args.repeats, test_data=args.test_data,
@@ -198,7 +222,7 @@ def _label_efficiency(args: argparse.Namespace, profile, pairs, data: Path, exec
         run_grid(s.exp, pairs, force=args.force, executor=executor)
     df = write_label_efficiency(args.out, subsets)
     print(f"label efficiency: {args.out / 'label_efficiency.csv'}, {args.out / 'label_efficiency_summary.md'}")
-    return 1 if df.empty or (df["status"] != "done").any() else 0
+    return 1 if df.empty or (~df["status"].isin(FINISHED)).any() else 0
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from data_prep.errors import DataPrepError
 from data_prep.manifest import check_finite, dataset_classes, file_sha256, labelled, load_image, read_manifest, MANIFEST
 
+from .cpus import usable_cpus
 from .preprocess import Preprocessing, make_input
 
 T = TypeVar("T")
@@ -43,6 +44,9 @@ def synthetic_default(patients: int, seed: int = 0) -> Path:
         print(f"generating the synthetic default ({patients} patients) in {path}", flush=True)
         synthetic.generate(path, patients=patients, seed=seed, overwrite=True)
     return path
+
+
+SOURCE_SET = "source_set"  # the column that names each row's dataset directory in a multi-source Dataset
 
 
 class BenchmarkInputError(ValueError):
@@ -76,6 +80,43 @@ class Dataset:
         if values is not None:
             rows["target"] = values
         return cls(root, rows, tuple(classes), file_sha256(root / MANIFEST))
+
+    @classmethod
+    def load_many(cls, roots: Sequence[str | Path], target: str | None = None) -> "Dataset":
+        """One dataset directory, or several as one Dataset (`--data A,B`): rows of every directory, image paths
+        made absolute, patients prefixed with their directory's name (two sources never share a patient), and
+        `source_set` naming the directory of each row, the source the splits stratify by and metrics are
+        reported per. The classes of all must be the same, in the same order."""
+        roots = [Path(r) for r in roots]
+        if len(roots) == 1:
+            return cls.load(roots[0], target)
+        names = [r.resolve().name for r in roots]
+        if len(set(names)) < len(names):
+            raise BenchmarkInputError(f"--data/--test-data: directories {', '.join(map(str, roots))} share a name; "
+                                      f"several sources need distinct directory names (they label the sources)")
+        parts = [cls.load(r, target) for r in roots]
+        for part in parts[1:]:
+            if part.classes != parts[0].classes:
+                raise BenchmarkInputError(f"{part.root}: classes {list(part.classes)} differ from {parts[0].root}'s "
+                                          f"{list(parts[0].classes)}; sources of one experiment share their classes")
+        frames = []
+        for name, part in zip(names, parts):
+            rows = part.rows.copy()
+            rows["image"] = [str(part.root.resolve() / p) for p in rows["image"]]
+            rows["patient"] = [f"{name}/{p}" for p in rows["patient"]]
+            rows[SOURCE_SET] = name
+            frames.append(rows)
+        rows = pd.concat(frames, ignore_index=True).sort_values(["patient", "frame", "slice"], kind="stable")
+        digest = hashlib.sha256(" ".join(p.manifest_sha256 for p in parts).encode()).hexdigest()
+        common = Path(os.path.commonpath([r.resolve() for r in roots]))
+        return cls(common, rows.reset_index(drop=True), parts[0].classes, digest)
+
+    @property
+    def sources(self) -> np.ndarray:
+        """The source of each row: its directory when several were combined (load_many), else one value."""
+        if SOURCE_SET in self.rows:
+            return self.rows[SOURCE_SET].to_numpy()
+        return np.full(len(self.rows), self.root.name, dtype=object)
 
     @property
     def has_stacks(self) -> bool:
@@ -199,12 +240,13 @@ def train_test_split(ds: Dataset, test_fraction: float | None, seed: int, test_d
     fraction = 0.2 if test_fraction is None else test_fraction
     # with the default fraction, too small a pool is the folds' problem, and make_folds says so naming --folds
     held_out = holdout_patients(rows.patient.to_numpy(), rows.y.to_numpy(), fraction, seed,
-                                n_folds if test_fraction is not None else 1)
+                                n_folds if test_fraction is not None else 1, ds.sources)
     test = rows.patient.isin(held_out).to_numpy()
     return np.flatnonzero(~test), np.flatnonzero(test)
 
 
-def holdout_patients(patients: np.ndarray, y: np.ndarray, fraction: float, seed: int, n_folds: int) -> np.ndarray:
+def holdout_patients(patients: np.ndarray, y: np.ndarray, fraction: float, seed: int, n_folds: int,
+                     sources: np.ndarray | None = None) -> np.ndarray:
     """The test patients of --test-fraction: round(fraction * n) of the n patients (halves up), taken in a seeded
     order stratified by class signature (`stratified_order`), so each signature is held out in proportion.
 
@@ -212,7 +254,8 @@ def holdout_patients(patients: np.ndarray, y: np.ndarray, fraction: float, seed:
     fewer than `n_folds` training patients."""
     if not 0 < fraction < 1:
         raise BenchmarkInputError(f"--test-fraction must be between 0 and 1 (exclusive), got {fraction:g}")
-    order = stratified_order(patients, y, np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,))))
+    order = stratified_order(patients, y, np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,))),
+                             sources)
     n = len(order)
     k = math.floor(round(fraction * n, 9) + 0.5)
     if k < 1 or n - k < n_folds:
@@ -244,7 +287,10 @@ def make_folds(ds: Dataset, pool: np.ndarray, n_folds: int, seed: int) -> list[t
             raise BenchmarkInputError(f"{ds.root}: class {name} has no slice in the training pool ({where}); "
                                       f"every class of dataset.json needs training examples")
     groups = ds.rows.patient.to_numpy()[pool]
-    folds = [(pool[tr], pool[va]) for tr, va in stratified_group_split(y, groups, n_folds, seed)]
+    # stratified by class within source: one source gives the class codes themselves (single-source folds unchanged)
+    codes = pd.factorize(ds.sources[pool], sort=True)[0]
+    strata = y + len(ds.classes) * codes
+    folds = [(pool[tr], pool[va]) for tr, va in stratified_group_split(strata, groups, n_folds, seed)]
     for k, (tr, va) in enumerate(folds):
         for c, name in enumerate(ds.classes):
             if not (ds.rows.y.to_numpy()[tr] == c).any():
@@ -261,16 +307,21 @@ def patient_order(patients: np.ndarray, y: np.ndarray, seed: int, repeat: int) -
     return stratified_order(patients, y, np.random.default_rng([seed, repeat]))
 
 
-def stratified_order(patients: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def stratified_order(patients: np.ndarray, y: np.ndarray, rng: np.random.Generator,
+                     sources: np.ndarray | None = None) -> np.ndarray:
     """The distinct patients in a random order whose every prefix holds each class signature in proportion.
 
-    Patients are stratified by their class signature (which classes their slices contain). Each stratum gets a
+    Patients are stratified by their class signature (which classes their slices contain), within their source
+    (`sources`, one per row) when several datasets were combined. Each stratum gets a
     seeded permutation spread evenly over [0, 1) from a random offset, and patients are taken in the order of those
     positions, so every prefix holds each stratum in proportion (the floor or ceiling of its share): a rare
     signature, such as the few patients with an OBS slice, is neither crowded out nor over-represented.
     """
     patients, y = np.asarray(patients), np.asarray(y)
     signature = pd.Series(y).groupby(patients).agg(lambda s: tuple(sorted(set(s))))  # index: sorted patients
+    if sources is not None and len(set(sources)) > 1:
+        source = pd.Series(np.asarray(sources)).groupby(patients).first()
+        signature = pd.Series([(source[p], sig) for p, sig in signature.items()], index=signature.index)
     ids, keys = [], []
     for _, members in sorted(signature.groupby(signature), key=lambda g: g[0]):
         n = len(members)
@@ -368,7 +419,7 @@ def view_angle(seed: int, row: int, copy: int, draw: int, max_deg: float) -> flo
 def prefetch_workers() -> int:
     """Threads that make batches ahead: the cores this process may use, less the one that runs the network
     (one on a 2-core machine; capped at 8, where a GPU's feature pass stops being limited by image making)."""
-    return max(1, min(8, len(os.sched_getaffinity(0)) - 1))
+    return max(1, min(8, usable_cpus() - 1))
 
 
 def prefetched(n: int, batch_size: int, make: Callable[[slice], T],

@@ -6,7 +6,8 @@ between two IN slices); `monotone_decode` returns the most probable labelling th
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -107,3 +108,101 @@ def in_range(labels: Sequence[int], in_index: int = IN) -> tuple[int, int] | Non
     if hits.size == 0:
         return None
     return int(hits[0]), int(hits[-1])
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How probabilities become labels: per-class offsets added to the log-probabilities, then the per-slice
+    argmax or the monotone OAP* IN* OBS* decoding of each stack. The offsets shift how readily an outer class is
+    called; they are chosen on validation folds (`tune_decoding`), never on the test set."""
+
+    kind: str = "monotone"                       # monotone | argmax
+    offsets: tuple[float, ...] = (0.0, 0.0, 0.0)  # added to log p (OAP, IN, OBS)
+
+    def __post_init__(self) -> None:
+        if self.kind not in DECODERS:
+            raise ValueError(f"decoding kind {self.kind!r}; valid: {', '.join(DECODERS)}")
+
+    def shifted(self, proba) -> np.ndarray:
+        """The probabilities after the offsets (renormalised)."""
+        logp = np.log(np.clip(np.asarray(proba, dtype=np.float64), PROBA_FLOOR, 1.0)) + np.asarray(self.offsets)
+        p = np.exp(logp - logp.max(axis=1, keepdims=True))
+        return p / p.sum(axis=1, keepdims=True)
+
+    def decode_stack(self, proba) -> np.ndarray:
+        """Labels of one stack ordered apex -> base."""
+        p = self.shifted(proba)
+        return monotone_decode(p) if self.kind == "monotone" else p.argmax(axis=1)
+
+    def apply(self, proba, stacks) -> np.ndarray:
+        """Labels of every row (see `decode_stacks` for `stacks`), in the input row order."""
+        p = np.asarray(proba, dtype=np.float64)
+        labels = np.empty(len(p), dtype=np.int64)
+        for rows in stack_groups(stack_table(stacks, len(p))):
+            labels[rows] = self.decode_stack(p[rows])
+        return labels
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "offsets": [float(v) for v in self.offsets]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Decoding:
+        return cls(str(d["kind"]), tuple(float(v) for v in d["offsets"]))
+
+
+DECODERS = ("monotone", "argmax")
+# log-probability offsets tried for OAP and OBS: from "call outer slices far more readily" to "far less"
+OFFSET_GRID = (-4.0, -3.0, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+
+
+def stack_range_hits(y, pred, groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per stack with a true IN slice: (exact IN range, both ends within 1 slice), positions counted within the
+    stack. The fast core of `tune_decoding`; metrics.range_metrics is the reference it agrees with (a test)."""
+    exact, within = [], []
+    for rows in groups:
+        true = in_range(y[rows])
+        if true is None:
+            continue
+        got = in_range(pred[rows])
+        if got is None:
+            exact.append(False)
+            within.append(False)
+            continue
+        err = max(abs(got[0] - true[0]), abs(got[1] - true[1]))
+        exact.append(err == 0)
+        within.append(err <= 1)
+    return np.array(exact, dtype=bool), np.array(within, dtype=bool)
+
+
+def tune_decoding(proba, y, stacks, grid: Sequence[float] = OFFSET_GRID) -> tuple[Decoding, dict]:
+    """The decoding with the highest exact-IN-range rate on these (validation) predictions.
+
+    Every kind x OAP offset x OBS offset of the grid is scored; ties go to the higher within-1 rate, then the
+    smaller total |offset|, then monotone before argmax (the order of DECODERS), so with no evidence either way the
+    plain monotone decoding stays. Returns the choice and a record of it for selection.json.
+    """
+    p = np.asarray(proba, dtype=np.float64)
+    y = np.asarray(y)
+    groups = stack_groups(stack_table(stacks, len(p)))
+    best_key, best, plain = None, None, None
+    for k, kind in enumerate(DECODERS):
+        for a in grid:
+            for b in grid:
+                d = Decoding(kind, (float(a), 0.0, float(b)))
+                pred = np.empty(len(p), dtype=np.int64)
+                for rows in groups:
+                    pred[rows] = d.decode_stack(p[rows])
+                exact, within = stack_range_hits(y, pred, groups)
+                if not exact.size:
+                    raise ValueError("tune_decoding: no stack with a true IN slice to tune on")
+                scores = (float(exact.mean()), float(within.mean()))
+                key = (scores[0], scores[1], -(abs(a) + abs(b)), -k)
+                if d == Decoding():
+                    plain = scores
+                if best_key is None or key > best_key:
+                    best_key, best = key, (d, scores)
+    decoding, (exact_rate, within_rate) = best
+    return decoding, {**decoding.to_dict(), "tuned_on": "out-of-fold validation predictions",
+                      "n_stacks": len(stack_range_hits(y, p.argmax(1), groups)[0]),
+                      "val_range_exact": exact_rate, "val_range_within1": within_rate,
+                      "val_range_exact_plain_monotone": plain[0] if plain else float("nan")}

@@ -3,21 +3,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
 from data_prep import atomic
-from .data import BenchmarkInputError, Dataset, make_folds, nested_subsets, train_test_split
+from .data import BenchmarkInputError, Dataset, make_folds, nested_subsets, split_description, train_test_split
 from .profiles import Profile
 from .jobs import Executor, InProcess, run_jobs
 from .protocol import DONE, Experiment, run_name
+from .baselines import BASELINES, CONSTANT
 from .registry import BACKBONES, CBR, PRETRAINED, get_spec
+from .stack import STACK_SUFFIX
 from .task import make_task
 
 SUMMARY_COLUMNS = ["run", "backbone", "name", "depth", "weights", "status", "f1_oap", "f1_in", "f1_obs", "macro_f1",
-                   "accuracy", "soft_accuracy", "auc_micro", "auc_weighted", "mae", "rmse", "r2", "mae_mean_baseline"]
+                   "accuracy", "soft_accuracy", "auc_micro", "auc_weighted", "range_exact", "range_within1",
+                   "boundary_mae", "beats_constant", "mae", "rmse", "r2", "mae_mean_baseline"]
+# the IN-range figures of a run: those of its decoding chosen on validation (test_metrics.json "decoded")
+RANGE_COLUMNS = ("range_exact", "range_within1", "boundary_mae", "n_stacks")
+BASELINE_STATUS = "baseline"
+FINISHED = ("done", BASELINE_STATUS)  # summary rows with results (a baseline row is not a run that failed)
 
 
 def plan(backbones: list[str], depth: str) -> list[tuple[str, int]]:
@@ -46,7 +53,7 @@ def make_experiment(data: Path, profile: Profile, seed: int, out: Path, weights:
                     test_data: Path | None = None, test_fraction: float | None = None,
                     cache_dir: Path | None = None, input_kind: str = "2d", task: str = "classification",
                     target: str | None = None) -> Experiment:
-    ds, test_ds, pool, test, desc = _load_split(data, seed, test_data, test_fraction, target)
+    ds, test_ds, pool, test, desc = _load_split(data, seed, test_data, test_fraction, target, profile.n_folds)
     exp = Experiment(ds=ds, pool=pool, test=test, folds=make_folds(ds, pool, profile.n_folds, seed), profile=profile,
                      seed=seed, out=out, cache_dir=cache_dir or out / "cache", weights=weights, use_cache=use_cache,
                      test_ds=test_ds, data_desc=desc, input_kind=input_kind,
@@ -59,18 +66,39 @@ def _task(task: str, ds: Dataset, target: str | None, pool: np.ndarray):
     return make_task(task, ds.classes, target, ds.rows["target"].to_numpy()[pool] if target else None)
 
 
-def _load_split(data: Path, seed: int, test_data: Path | None, test_fraction: float | None, target: str | None):
+def _paths(data: Path | Sequence[Path] | None) -> list[Path]:
+    """--data / --test-data as a list of dataset directories (one, or several combined: Dataset.load_many)."""
+    if data is None:
+        return []
+    return [Path(p) for p in data] if isinstance(data, (list, tuple)) else [Path(data)]
+
+
+def _described(paths: list[Path]) -> str | list[str]:
+    resolved = [str(p.resolve()) for p in paths]
+    return resolved[0] if len(resolved) == 1 else resolved
+
+
+def _load_split(data: Path | Sequence[Path], seed: int, test_data: Path | Sequence[Path] | None,
+                test_fraction: float | None, target: str | None, n_folds: int):
     """(dataset, test dataset or None, training pool rows, test rows, the data part of config.json)."""
-    ds = Dataset.load(data, target)
-    test_ds = Dataset.load(test_data, target) if test_data else None
+    data_paths, test_paths = _paths(data), _paths(test_data)
+    both = {p.resolve() for p in data_paths} & {p.resolve() for p in test_paths}
+    if both:
+        raise BenchmarkInputError(f"--test-data {sorted(both)[0]} is also in --data; test patients must be unseen")
+    ds = Dataset.load_many(data_paths, target)
+    test_ds = Dataset.load_many(test_paths, target) if test_paths else None
     if test_ds is not None and test_ds.classes != ds.classes:
         raise BenchmarkInputError(f"--test-data classes {test_ds.classes} differ from --data classes {ds.classes}")
-    pool, test = train_test_split(ds, test_fraction, seed, test_ds)
-    desc = {"path": str(Path(data).resolve()), "manifest_sha256": ds.manifest_sha256, "n_labelled": len(ds.rows),
+    pool, test = train_test_split(ds, test_fraction, seed, test_ds, n_folds)
+    for d in (ds, test_ds) if test_ds is not None else (ds,):
+        d.check_images()
+    desc = {"path": _described(data_paths), "manifest_sha256": ds.manifest_sha256,
+            "content_sha256": ds.content_sha256, "n_labelled": len(ds.rows),
             "n_pool": len(pool), "n_test": int(len(test) if test_ds is None else len(test_ds.rows)),
-            "test_data": None if test_ds is None else {"path": str(Path(test_data).resolve()),
-                                                       "manifest_sha256": test_ds.manifest_sha256},
-            "test_fraction": test_fraction}
+            "test_data": None if test_ds is None else {"path": _described(test_paths),
+                                                       "manifest_sha256": test_ds.manifest_sha256,
+                                                       "content_sha256": test_ds.content_sha256},
+            "test_fraction": test_fraction, **split_description(ds, pool, test_ds, test)}
     return ds, test_ds, pool, test, desc
 
 
@@ -99,7 +127,7 @@ def make_label_experiments(data: Path, profile: Profile, seed: int, out: Path, w
     subset. All share one cache directory and the whole pool's bank (Experiment.cache_views), so the cached path
     runs the frozen part once for the whole curve.
     """
-    ds, test_ds, pool, test, desc = _load_split(data, seed, test_data, test_fraction, target)
+    ds, test_ds, pool, test, desc = _load_split(data, seed, test_data, test_fraction, target, profile.n_folds)
     patients = ds.rows.patient.to_numpy()
     out_list = []
     for r in range(repeats):
@@ -139,7 +167,7 @@ def run_grid(exp: Experiment, pairs: list[tuple[str, int]], force: bool = False,
 def write_summary(out: Path) -> pd.DataFrame:
     """summary.csv / summary.md over every run directory under `out`, in the paper's order."""
     rows: list[dict[str, Any]] = []
-    order = {run_name(get_spec(k), d): i for i, (k, d) in enumerate(plan(["all"], "both"))}
+    baselines: dict[str, dict[str, Any]] = {}
     for d in sorted(p for p in out.iterdir() if (p / "config.json").is_file()):
         cfg = atomic.read_json(d / "config.json")
         row: dict[str, Any] = {"run": d.name, "backbone": cfg["backbone"], "name": cfg["backbone_name"],
@@ -151,27 +179,48 @@ def write_summary(out: Path) -> pd.DataFrame:
             sel = atomic.read_json(d / "selection.json")
             timing = atomic.read_json(d / "timing.json")
             row.update(status="done", **{k: v for k, v in m.items() if not isinstance(v, (dict, list))})
+            if "decoded" in m:
+                row.update({k: m["decoded"][k] for k in RANGE_COLUMNS})
+                row["beats_constant"] = bool(m["decoded"]["range_exact"] > m["baselines"][CONSTANT]["range_exact"])
+                baselines = baselines or m["baselines"]
+                for source, scores in m.get("by_source", {}).items():  # several test sources: each one's range
+                    row[f"range_exact[{source}]"] = scores["decoded"]["range_exact"]
+                    row[f"constant_range_exact[{source}]"] = scores[f"baseline_{CONSTANT}"]["range_exact"]
             row.update(selected_lr=sel["lr"], selected_epochs=sel["epochs"], cv_metric=sel["cv_mean"],
                        cv_sd=sel["cv_sd"], diverged_lrs=" ".join(f"{x:g}" for x in sel["diverged_lrs"]),
                        cv_seconds=timing.get("cv_s"), total_seconds=timing.get("total_s"))
         else:
             row["status"] = "failed" if (d / "error.txt").is_file() else "incomplete"
         rows.append(row)
+    rows += [{"run": f"baseline_{name}", "name": BASELINES[name], "status": BASELINE_STATUS,
+              **{k: v for k, v in b.items() if not isinstance(v, (dict, list))}} for name, b in baselines.items()]
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    df["_order"] = df["run"].map(order).fillna(len(order))
+    df["_order"] = df["run"].map(run_order)
     df = df.sort_values(["_order", "run"]).drop(columns="_order").reset_index(drop=True)
     cols = [c for c in SUMMARY_COLUMNS if c in df] + [c for c in df if c not in SUMMARY_COLUMNS]
     df = df[cols]
     atomic.write_csv(out / "summary.csv", df)
     atomic.write_text(out / "summary.md", to_markdown(df[[c for c in SUMMARY_COLUMNS if c in df] +
-                                                         [c for c in df if c.startswith("support_")]]))
+                                                         [c for c in df if c.startswith("support_")] +
+                                                         [c for c in df if "range_exact[" in c]]))
     return df
 
 
+def run_order(name: str) -> float:
+    """Where a run sits in tables: the paper's model order, each stack model right after its per-slice run, then
+    unknown names, then the baselines."""
+    order = {run_name(get_spec(k), d): i for i, (k, d) in enumerate(plan(["all"], "both"))}
+    if name.startswith("baseline_"):
+        return len(order) + 1
+    if name.endswith(STACK_SUFFIX):
+        return order.get(name[:-len(STACK_SUFFIX)], len(order)) + 0.5
+    return order.get(name, len(order))
+
+
 LABEL_EFFICIENCY = "label_efficiency.csv"
-CURVE_METRICS = ["macro_f1", "accuracy", "auc_micro"]
+CURVE_METRICS = ["macro_f1", "accuracy", "auc_micro", "range_exact"]
 
 
 def write_label_efficiency(out: Path, subsets: list[SubsetExperiment]) -> pd.DataFrame:
@@ -200,7 +249,7 @@ def label_efficiency_summary(df: pd.DataFrame, metrics: list[str] | None = None)
     metrics = [m for m in (metrics or CURVE_METRICS) if m in df]
     if df.empty:
         return pd.DataFrame()
-    done = df[df["status"] == "done"]
+    done = df[df["status"].isin(FINISHED)]
     g = done.groupby(["run", "fraction"], sort=False)
     table = g.agg(name=("name", "first"), depth=("depth", "first"), repeats=("repeat", "count"),
                   n_patients=("n_patients", "first"))

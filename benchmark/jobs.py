@@ -8,6 +8,8 @@ Jobs of one model run (protocol.ModelRun), with what each needs first:
     foldinit k        depth 0, when depth 1 of the backbone is planned: select
     final             select; at depth 1 also <backbone>_d0 final
     test              final; writes test metrics, timing.json and the run's DONE marker
+    stack             (depth 0 of a pretrained backbone, cached path, slice-range data) features and final: the
+                      whole stack-context run <backbone>_d0+stack (stack.py), seconds of work
 
 Every job writes its output atomically with a completion marker (protocol.ModelRun.marker), so a re-run skips
 what is done and redoes what is not, and a job's result depends only on its inputs and seed (protocol.job_seed):
@@ -38,6 +40,7 @@ from data_prep.errors import DataPrepError
 from .data import BenchmarkInputError
 from .protocol import Experiment, ModelRun, run_name
 from .registry import get_spec
+from .stack import StackRun, stack_run_name
 
 RETRIES = 1
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -53,7 +56,8 @@ class Job:
 
     @property
     def run(self) -> str:
-        return run_name(get_spec(self.backbone), self.depth)
+        name = run_name(get_spec(self.backbone), self.depth)
+        return stack_run_name(name) if self.step == "stack" else name
 
     def __str__(self) -> str:
         detail = (f" lr {self.lr:g}" if self.lr is not None else "") + (f" fold {self.fold}"
@@ -96,6 +100,8 @@ def build_graph(exp: Experiment, pairs: list[tuple[str, int]]) -> "OrderedDict[J
         final = Job(key, depth, "final")
         graph[final] = (select,) + ((Job(key, 0, "final"),) if depth == 1 else ())
         graph[Job(key, depth, "test")] = (final,)
+        if depth == 0 and spec.pretrained and exp.stack_models:
+            graph[Job(key, 0, "stack")] = features + (final,)
     return graph
 
 
@@ -108,6 +114,7 @@ STEPS: dict[str, Callable[[ModelRun, Job], Any]] = {
     "foldinit": lambda run, job: run.fold_head(job.fold),
     "final": lambda run, job: run.final(),
     "test": lambda run, job: run.test_job(),
+    "stack": lambda run, job: StackRun(run).run(),
 }
 
 
@@ -282,6 +289,7 @@ def run_jobs(exp: Experiment, pairs: list[tuple[str, int]], executor: Executor, 
     on an exception, closing it with cancel abandons the jobs in flight."""
     graph = build_graph(exp, pairs)
     runs = [ModelRun(exp, get_spec(key), depth) for key, depth in with_dependencies(pairs)]
+    runs += [StackRun(mr) for mr in runs if Job(mr.spec.key, mr.depth, "stack") in graph]
     if not force:  # a run directory of other settings or an older format is refused before OUT changes at all
         for mr in runs:
             mr.check_dir(force=False)

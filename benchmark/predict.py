@@ -23,11 +23,13 @@ say the order. For DICOM the two flags count "first" in acquisition order, as in
 Written into --out (default: ./<STUDY name>_predictions in the current directory, never beside the study, which
 may be read-only shared data), each file atomically (temporary name, then os.replace):
   predictions.csv   one row per slice: patient, frame, slice (0 = apex), n_slices, source, p_<class>...,
-                    argmax, monotone (the most probable OAP* IN* OBS* labelling, decode.decode_stacks),
+                    argmax, monotone (the OAP* IN* OBS* labelling by the decoding model.json records, chosen on
+                    the run's validation folds, else the plain monotone decoding: decode.Decoding),
                     label (the manifest's reference label, dataset directories with labels only)
   ranges.json       per stack: first and last IN slice of the monotone labelling and of the argmax (gaps
                     included), n_slices, whether the argmax is already monotone, the report file
-  report_<patient>_<frame>.png   per stack, slices apex -> base in a grid; per slice the network's field of view
+  report_<patient>_<frame>.png   per stack (a short hash appended where two stacks' ids make one file name),
+                    slices apex -> base in a grid; per slice the network's field of view
                     (the centre crop, windowed), the same with its Grad-CAM, and the class probabilities as bars
                     (OAP #0072B2, IN #009E73, OBS #D55E00); the tag and border give the monotone label, and the
                     argmax where it differs
@@ -45,6 +47,7 @@ q closes).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -54,7 +57,7 @@ import tempfile
 import time
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -71,7 +74,7 @@ from data_prep.manifest import (MANIFEST, Stack, file_sha256, read_dataset_json,
 
 from data_prep import atomic
 from .data import BenchmarkInputError, Dataset
-from .decode import IN, decode_stacks, in_range
+from .decode import IN, Decoding, in_range
 from .preprocess import Preprocessing, crop_resize, window
 
 SLICE_CLASSES = ("OAP", "IN", "OBS")
@@ -100,10 +103,36 @@ class TrainedModel:
     prep: Preprocessing
     cam_layer: str
     meta: dict[str, Any]
+    decoding: Decoding = field(default_factory=Decoding)  # chosen on validation (model.json), else plain monotone
+    stack: Any = None                # the stack-context model (stack.py) of a <backbone>_d0+stack run
+    features: Any = None             # image -> pooled features, what the stack model reads
 
     @property
     def name(self) -> str:
         return f"{self.backbone} depth {self.depth}"
+
+    def probabilities(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(per-slice class probabilities, pooled features where a stack model reads them) of a batch."""
+        proba = np.asarray(self.model(x, training=False))
+        return proba, None if self.features is None else np.asarray(self.features(x, training=False))
+
+
+REFERENCE = Path(__file__).resolve().parent / "reference"
+REFERENCE_MODEL = REFERENCE / "model"
+REFERENCE_SUMS = REFERENCE / "SHA256SUMS"
+
+
+def check_reference() -> None:
+    """The released model's files against their recorded sha256 (a damaged or partial install is refused)."""
+    if not REFERENCE_SUMS.is_file():
+        raise BenchmarkInputError(f"no released reference model in this installation ({REFERENCE_SUMS} missing); "
+                                  f"give --model RUN_DIR")
+    for line in REFERENCE_SUMS.read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        path = REFERENCE / name.strip()
+        if not path.is_file() or file_sha256(path) != digest:
+            raise BenchmarkInputError(f"{path}: does not match its sha256 in {REFERENCE_SUMS} (a damaged "
+                                      f"installation?); reinstall the package or give --model RUN_DIR")
 
 
 def model_directory(path: Path) -> Path:
@@ -167,7 +196,7 @@ def check_model(path: str | os.PathLike, timing: dict[str, float]) -> tuple[Path
 
 def load_trained(directory: Path, meta: dict[str, Any], prep: Preprocessing) -> TrainedModel:
     import keras
-    from .registry import cam_layer_name, get_spec
+    from .registry import POOLED, cam_layer_name, get_spec
     file = directory / "model.keras"
     if not zipfile.is_zipfile(file):
         raise BenchmarkInputError(f"{file}: not a Keras zip archive (truncated or corrupt?)")
@@ -180,15 +209,51 @@ def load_trained(directory: Path, meta: dict[str, Any], prep: Preprocessing) -> 
         raise BenchmarkInputError(f"{file}: input {model.input_shape[1:]} / output {model.output_shape[-1:]} do "
                                   f"not match model.json (input {expected}, {len(SLICE_CLASSES)} classes)")
     spec = get_spec(meta["backbone"])
+    mismatch = architecture_mismatch(model, spec)
+    if mismatch:
+        raise BenchmarkInputError(f"{directory / 'model.json'}: says backbone {spec.key}, but {mismatch}; the model "
+                                  f"directory's two files do not belong together")
+    try:
+        decoding = Decoding.from_dict(meta["decoding"]) if "decoding" in meta else Decoding()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BenchmarkInputError(f"{directory / 'model.json'}: unreadable decoding {meta['decoding']!r} "
+                                  f"({exc})") from None
+    stack = features = None
+    if "stack" in meta:
+        stack_file = directory / meta["stack"]["file"]
+        try:
+            stack = keras.saving.load_model(stack_file, compile=False)
+        except Exception as exc:  # as for model.keras: many exception types
+            raise BenchmarkInputError(f"{stack_file}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
+        features = keras.Model(model.input, model.get_layer(POOLED).output)
     return TrainedModel(directory, model, spec.key, meta["depth"], SLICE_CLASSES, prep,
-                        cam_layer_name(model, spec), meta)
+                        cam_layer_name(model, spec), meta, decoding, stack, features)
 
 
-def predict_batch(model, x: np.ndarray, cam_layer: str) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities and the Grad-CAM of each image's argmax class (input resolution, [0, 1])."""
+def architecture_mismatch(model, spec) -> str | None:
+    """Why the loaded network is not one of `spec`'s backbone (None when it is), from layers every such model has:
+    a pretrained backbone's depth-1 boundary layer, or a CBR net's conv blocks and their widths."""
+    names = {layer.name for layer in model.layers}
+    cbr = sorted((n for n in names if re.fullmatch(r"cbr\d+_conv", n)), key=lambda n: int(n[3:-5]))
+    if spec.pretrained:
+        marker = spec.unfreeze_from or spec.unfreeze_after
+        if cbr or marker not in names:
+            return f"model.keras has no layer {marker!r}" + (" (it is a CBR network)" if cbr else "")
+        return None
+    kernel, filters = spec.cbr
+    found = [(model.get_layer(n).filters, model.get_layer(n).kernel_size[0]) for n in cbr]
+    if found != [(f, kernel) for f in filters]:
+        return (f"model.keras's CBR blocks (filters, kernel) are {found}, not {spec.name}'s "
+                f"{[(f, kernel) for f in filters]}")
+    return None
+
+
+def predict_batch(trained: TrainedModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Per-slice class probabilities, pooled features (stack models) and the Grad-CAM of each image's per-slice
+    argmax class (input resolution, [0, 1])."""
     from .gradcam import gradcam_tape
-    proba = np.asarray(model(x, training=False))
-    return proba, gradcam_tape(model, x, proba.argmax(axis=1), cam_layer)
+    proba, features = trained.probabilities(x)
+    return proba, features, gradcam_tape(trained.model, x, proba.argmax(axis=1), trained.cam_layer)
 
 
 # ---- the study ----------------------------------------------------------------------------------------------
@@ -287,7 +352,9 @@ def import_study(study: Path, kind: str, out: Path, args: argparse.Namespace) ->
 def study_dataset(root: Path) -> Dataset:
     """Every row of a dataset directory (labelled or not) as a Dataset, for Dataset.make_input."""
     rows = read_manifest(root).reset_index(drop=True)
-    return Dataset(root, rows, SLICE_CLASSES, file_sha256(root / MANIFEST))
+    ds = Dataset(root, rows, SLICE_CLASSES, file_sha256(root / MANIFEST))
+    ds.check_images()
+    return ds
 
 
 # ---- prediction ---------------------------------------------------------------------------------------------
@@ -323,13 +390,19 @@ class StackPrediction:
         return {"first": int(self.slices[span[0]]), "last": int(self.slices[span[1]]),
                 "n_in": int((labels == IN).sum())}
 
+    @property
+    def every_slice_in(self) -> dict[str, int]:
+        """The baseline's answer: the whole stack IN."""
+        return self.in_slices(np.full(len(self.slices), IN))
+
     def summary(self) -> str:
         n = len(self.slices)
-        mono, arg = self.in_slices(self.monotone), self.in_slices(self.argmax)
-        text = (f"{self.name}: IN slices {mono['first']}-{mono['last']} of {n} (monotone)" if mono else
-                f"{self.name}: no IN slice of {n} (monotone)")
+        mono, arg, every = self.in_slices(self.monotone), self.in_slices(self.argmax), self.every_slice_in
+        text = (f"{self.name}: IN slices {mono['first']}-{mono['last']} of {n} (decoded)" if mono else
+                f"{self.name}: no IN slice of {n} (decoded)")
         text += f"; argmax {arg['first']}-{arg['last']}" if arg else "; argmax no IN"
-        return text if self.argmax_is_monotone else text + " (argmax not in OAP-IN-OBS order)"
+        text += "" if self.argmax_is_monotone else " (argmax not in OAP-IN-OBS order)"
+        return text + f"; every slice IN (baseline): {every['first']}-{every['last']}"
 
 
 def frame_key(frame: str) -> tuple[int, Any]:
@@ -343,6 +416,21 @@ def stack_names(keys: Sequence[tuple[str, str]], kind: str) -> dict[tuple[str, s
     return {(p, f): f"{p}/{what}{f}" if several else f"{what}{f}" for p, f in keys}
 
 
+def report_names(keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """report_<patient>_<frame>.png per stack. Ids that make the same file name (`a b` and `a_b`, or `A` and `a` on
+    a case-insensitive disk) get a short hash of the real ids appended, so no report overwrites another."""
+    base = {k: f"{safe_id(k[0])}_{safe_id(k[1])}" for k in keys}
+    uses: dict[str, int] = {}
+    for b in base.values():
+        uses[b.lower()] = uses.get(b.lower(), 0) + 1
+    out = {}
+    for k, b in base.items():
+        if uses[b.lower()] > 1:
+            b += "_" + hashlib.sha256(json.dumps([str(k[0]), str(k[1])]).encode()).hexdigest()[:8]
+        out[k] = f"{REPORT_PREFIX}{b}.png"
+    return out
+
+
 def predict_study(trained: TrainedModel, ds: Dataset, kind: str, timing: dict[str, float]) -> list[StackPrediction]:
     """Probabilities, monotone labels and Grad-CAMs of every slice of every stack."""
     rows = ds.rows
@@ -352,6 +440,7 @@ def predict_study(trained: TrainedModel, ds: Dataset, kind: str, timing: dict[st
     cams: list[np.ndarray] = [np.zeros(0)] * n
     views: list[np.ndarray] = [np.zeros(0)] * n
     timing["inputs_s"] = timing["predict_cam_s"] = 0.0
+    features: list[np.ndarray] = []
     for start in tqdm(range(0, n, BATCH), desc="predicting", unit="batch", disable=None, file=sys.stderr):
         idx = range(start, min(start + BATCH, n))
         t0 = time.perf_counter()
@@ -359,17 +448,24 @@ def predict_study(trained: TrainedModel, ds: Dataset, kind: str, timing: dict[st
         for i in idx:  # what the network sees: the windowed centre crop of the slice itself
             views[i] = crop_resize(window(ds.native(i), prep.window), prep.crop_fraction, DISPLAY_PX) / 255.0
         t1 = time.perf_counter()
-        p, c = predict_batch(trained.model, x, trained.cam_layer)
+        p, f, c = predict_batch(trained, x)
         timing["inputs_s"] += t1 - t0
         timing["predict_cam_s"] += time.perf_counter() - t1
         proba[start:start + len(idx)] = p
+        if f is not None:
+            features.append(f)
         cams[start:start + len(idx)] = list(c)
     t0 = time.perf_counter()
-    monotone = decode_stacks(proba, rows)
+    if trained.stack is not None:  # the stack model relabels every slice from the whole stack's features
+        from .stack import predict_stacks
+        every = np.arange(n)
+        proba = predict_stacks(trained.stack, ds, every, np.concatenate(features), every, len(trained.classes))
+    monotone = trained.decoding.apply(proba, rows)
     timing["decode_s"] = time.perf_counter() - t0
     has_labels = "label" in rows and (rows["label"].astype(str) != "").any()
     keys = sorted(rows.groupby(["patient", "frame"], sort=False).groups, key=lambda k: (str(k[0]), frame_key(k[1])))
     names = stack_names(keys, kind)
+    reports = report_names(keys)
     out = []
     for key in keys:
         members = rows.index[(rows["patient"] == key[0]) & (rows["frame"] == key[1])].to_numpy()
@@ -379,7 +475,7 @@ def predict_study(trained: TrainedModel, ds: Dataset, kind: str, timing: dict[st
             slices=rows["slice"].to_numpy()[members], proba=proba[members], monotone=monotone[members],
             views=[views[i] for i in members], cams=[cams[i] for i in members],
             reference=[str(v) for v in rows["label"].to_numpy()[members]] if has_labels else None,
-            report=f"{REPORT_PREFIX}{safe_id(key[0])}_{safe_id(key[1])}.png"))
+            report=reports[key]))
     return out
 
 
@@ -404,11 +500,12 @@ def ranges_document(stacks: Sequence[StackPrediction], trained: TrainedModel, st
         "study": str(study),
         "study_kind": kind,
         "model": {"directory": str(trained.directory), "backbone": trained.backbone, "depth": trained.depth,
-                  "code_version": trained.meta.get("code_version")},
+                  "code_version": trained.meta.get("code_version"), "decoding": trained.decoding.to_dict()},
         "slice_numbering": "0 = most apical slice; first/last are inclusive; null = no IN slice",
         "orientation": read_dataset_json(root).get("orientation", []) if kind != "dataset" else "manifest order",
         "stacks": [{"patient": s.patient, "frame": s.frame, "n_slices": len(s.slices),
                     "monotone": s.in_slices(s.monotone), "argmax": s.in_slices(s.argmax),
+                    "every_slice_in": s.every_slice_in,
                     "argmax_is_monotone": s.argmax_is_monotone, "report": s.report} for s in stacks],
     }
 
@@ -565,9 +662,10 @@ def build_parser() -> argparse.ArgumentParser:
                "or --apex-first/--base-first = slice 0 of the file), or a dataset directory (manifest.csv). "
                "Exit code 2 with one message for a bad model directory or study.")
     p.add_argument("study", metavar="STUDY", type=Path, help="DICOM folder, NIfTI file or dataset directory")
-    p.add_argument("--model", required=True, type=Path, metavar="RUN_DIR",
+    p.add_argument("--model", type=Path, metavar="RUN_DIR",
                    help="a model run directory of `python -m benchmark` (holding model/model.keras and "
-                        "model/model.json), or that model/ directory itself")
+                        "model/model.json), or that model/ directory itself; default: the released reference "
+                        "model shipped with the package (its model card: benchmark/reference/MODEL_CARD.md)")
     p.add_argument("--out", type=Path, help="output directory (default: ./<STUDY name>_predictions)")
     dicom_io.add_apex_arguments(p, first="first slice (DICOM: in acquisition order; NIfTI: slice 0 of the file)")
     p.add_argument("--patient", help="patient id in the outputs (DICOM default: dcm + a hash of PatientID and "
@@ -599,7 +697,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.show:
         check_interactive()
     timing: dict[str, float] = {}
-    model_dir, meta, prep = check_model(args.model, timing)
+    if args.model is None:
+        check_reference()
+    model_dir, meta, prep = check_model(args.model or REFERENCE_MODEL, timing)
     with tempfile.TemporaryDirectory(prefix="benchmark-predict-") as tmp:
         # the study is read before the model is loaded, so a bad study is refused without waiting for the load
         t0 = time.perf_counter()
@@ -630,7 +730,7 @@ def _run(args: argparse.Namespace) -> int:
     print("timing: " + ", ".join(f"{k[:-2].replace('_', ' ')} {v:.2f} s" for k, v in timing.items())
           + f"; per stack (inputs + predict + CAM + decode) {per_stack:.2f} s; "
             f"total {time.perf_counter() - t_start:.1f} s")
-    print(f"wrote {out / PREDICTIONS}, {out / RANGES} and {len(stacks)} report(s) in {out}")
+    print(f"wrote {out / PREDICTIONS}, {out / RANGES} and {len(current)} report(s) in {out}")
     if args.show:
         import matplotlib.pyplot as plt
         PredictionViewer(stacks, trained)

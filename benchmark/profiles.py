@@ -44,6 +44,13 @@ class Profile:
     cv_threads: int | None = None
     # XLA for the depth-1 training step: None takes each backbone's measured choice (registry: depth1_xla)
     jit_compile_depth1: bool | None = None
+    # the stack-context model (stack.py) beside each cached depth-0 run of a slice-range dataset
+    stack_model: bool = True
+    stack_lrs: tuple[float, ...] = (1e-2, 3e-3, 1e-3)   # Adam
+    stack_epochs: int = 100
+    stack_hidden: int = 32
+    stack_dropout: float = 0.3
+    stack_batch: int = 8                # stacks per training step
     # field overrides for one backbone key, or for "cbr" (the from-scratch baselines); per-run fields only
     per_backbone: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -79,7 +86,7 @@ class Profile:
 # what may differ between the models of one grid; data-level fields (folds, split, augmentation) may not
 PER_RUN_FIELDS = {"epochs", "batch_size", "lr_depth0", "lr_depth1", "lr_cbr", "lr_cbr_target", "dropout",
                   "bank_views", "cache_dtype", "cache_budget_gb", "jit_compile_depth1", "feature_precision",
-                  "feature_batch", "cv_threads"}
+                  "feature_batch", "cv_threads", "stack_lrs", "stack_epochs", "stack_hidden", "stack_dropout", "stack_batch"}
 
 PROFILES: dict[str, Profile] = {p.name: p for p in [
     Profile("paper", "Ho & Kim 2021: paper input sizes, 3 LRs x 5 folds x 50 epochs, batch 32, oversample 6, "
@@ -93,7 +100,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
                      "otherwise (recorded per run).",
             epochs=3, n_folds=3,
             lr_depth0=(1e-2, 1e-3), lr_depth1=(1e-3,), lr_cbr=(1e-2,), lr_cbr_target=(1e-3,),
-            bank_views=1, weights="auto", synthetic_patients=16,
+            bank_views=1, weights="auto", synthetic_patients=16, stack_epochs=30,
             input_sizes={"mobilenet": 64, "mobilenetv2": 64, "vgg16": 64, "inceptionv3": 75, "resnet50v2": 32,
                          "inceptionresnetv2": 75, "densenet121": 32, "nasnetmobile": 32, "xception": 71,
                          "cbr_large_t": 16, "cbr_small": 16, "cbr_tiny": 16},

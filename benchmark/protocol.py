@@ -21,7 +21,6 @@ import functools
 import hashlib
 import json
 import math
-import os
 import queue
 import shutil
 import time
@@ -39,17 +38,23 @@ from data_prep.provenance import code_version, package_versions
 from data_prep import atomic
 from .cache import (CachedInputs, Views, bank_views, bytes_per_view, cache_key, cached_outputs, depth0_start,
                     plain_views, split_model, weights_fingerprint)
+from .cpus import usable_cpus
 from .data import BenchmarkInputError, Dataset, ImageInputs, Slots, folds_frame, oversample_factors
-from .decode import decode_stacks
+from .baselines import baseline_metrics, baseline_predictions
+from .decode import Decoding, decode_stacks, tune_decoding
 from .infer import feature_pass, predict
 from .metrics import classification_metrics, range_metrics, regression_metrics
 from .preprocess import Preprocessing
 from .profiles import Profile
 from .registry import BACKBONES, HEAD_DENSE, BackboneSpec, build_model, choose_weights, head, head_layers, set_depth
+from .stack import stack_run_name
 from .task import Task, lower_is_better
 from .train import FitSettings, Trainer, fit
 
 RESULTS_FORMAT = 1
+SLICE_CLASSES = ("OAP", "IN", "OBS")
+# a CV job's validation outputs per epoch, from which the run's decoding is tuned
+VAL_OUTPUT = "val_output.npy"
 
 # ~0.5 s of head training on this 2-core machine (0.5 ms a step), about what tracing a Trainer's functions costs
 MIN_THREADED_FIT_STEPS = 1000
@@ -110,6 +115,33 @@ class Experiment:
     def write_folds(self, directory: Path) -> None:
         atomic.write_csv(directory / "folds.csv", folds_frame(self.ds, self.pool, self.test, self.folds))
 
+    @property
+    def slice_ranges(self) -> bool:
+        """OAP/IN/OBS stacks: range metrics, decoding, baselines and stack models apply."""
+        return self.ds.classes == SLICE_CLASSES and self.ds.has_stacks and self.task.has_classes
+
+    @property
+    def stack_models(self) -> bool:
+        """Whether each pretrained depth-0 run gets a stack-context model beside it (stack.py): it reads the
+        cached features, so the cached path is needed."""
+        return self.profile.stack_model and self.use_cache and self.slice_ranges
+
+    def test_set(self) -> tuple[Dataset, np.ndarray]:
+        """(dataset, rows) of the held-out test slices."""
+        if self.test_ds is not None:
+            return self.test_ds, np.arange(len(self.test_ds.rows))
+        return self.ds, self.test
+
+    @functools.cached_property
+    def baselines(self) -> dict[str, tuple[np.ndarray, np.ndarray, dict]]:
+        """The baselines' test predictions (baselines.baseline_predictions), trained on the pool with its folds."""
+        ds, rows = self.test_set()
+        train = self.ds.rows.loc[self.pool].reset_index(drop=True)
+        at = {r: i for i, r in enumerate(self.pool)}
+        folds = [(np.array([at[r] for r in tr]), np.array([at[r] for r in va])) for tr, va in self.folds]
+        return baseline_predictions(train, self.ds.rows.y.to_numpy()[self.pool], folds,
+                                    ds.rows.iloc[rows].reset_index(drop=True), len(self.ds.classes))
+
 
 class ModelRun:
     """One backbone at one depth (or one CBR baseline) under an Experiment; see the module docstring."""
@@ -123,7 +155,7 @@ class ModelRun:
         p = self.profile = exp.profile.for_backbone(spec)
         self.prep = Preprocessing(p.input_size(spec), spec.preprocess_mode, input_kind=exp.input_kind)
         self.weights_path = self._weights()
-        self.lrs = p.lrs(depth, spec.pretrained)
+        self.lrs = p.lrs(depth, spec.pretrained, exp.task.has_target)
         self.classes = exp.ds.classes
         self.task = exp.task
         self.targets = self.task.targets(exp.ds.rows)
@@ -160,44 +192,13 @@ class ModelRun:
             "versions": package_versions(),
         }
 
-    @staticmethod
-    def _identity(config: dict[str, Any]) -> dict[str, Any]:
-        """The part of a config.json that must match for results on disk to be reused."""
-        c = json.loads(json.dumps(config, default=str))  # as it reads back from config.json
-        data = {k: v for k, v in c.get("data", {}).items() if k != "path"}  # the same data may live elsewhere
-        if data.get("test_data"):
-            data["test_data"] = data["test_data"].get("manifest_sha256")
-        return {**{k: c.get(k) for k in ("results_format", "run", "weights", "weights_file", "preprocessing",
-                                         "profile", "seed", "classes", "cached_path", "target")},
-                "task": c.get("task", "classification"), "data": data}  # results made before tasks classified
-
     def prepare(self, force: bool) -> bool:
         """Check the run directory (check_dir) and, unless the run is complete, start it: config.json, folds.csv."""
-        if self.check_dir(force):
-            return True
-        self.dir.mkdir(parents=True, exist_ok=True)
-        atomic.write_json(self.dir / "config.json", self.config())
-        self.exp.write_folds(self.dir)
-        (self.dir / "error.txt").unlink(missing_ok=True)  # from an earlier attempt; this one starts afresh
-        return False
+        return prepare_run_dir(self.dir, self.config(), self.exp, force)
 
     def check_dir(self, force: bool) -> bool:
         """True if this run is already complete. Refuses a directory made with other settings unless forced."""
-        cfg_path = self.dir / "config.json"
-        if force and self.dir.exists():
-            shutil.rmtree(self.dir)
-        if cfg_path.is_file():
-            old = atomic.read_json(cfg_path)
-            if old.get("results_format") != RESULTS_FORMAT:
-                raise BenchmarkInputError(
-                    f"{self.dir} was written by results format {old.get('results_format')} (this code writes "
-                    f"{RESULTS_FORMAT}); use another --out or --force to redo it")
-            mine, theirs = self._identity(self.config()), self._identity(old)
-            diff = [k for k in mine if theirs[k] != mine[k]]
-            if diff:
-                raise BenchmarkInputError(f"{self.dir} holds a run made with other settings ({', '.join(diff)}); "
-                                          f"use another --out, or --force to redo it")
-        return (self.dir / DONE).is_file()
+        return check_run_dir(self.dir, self.config(), force)
 
     # ---- model and inputs ---------------------------------------------------------------------------------------
     @property
@@ -276,6 +277,8 @@ class ModelRun:
             return run_dir / "selection.json"
         if step == "test":
             return run_dir / DONE
+        if step == "stack":
+            return exp.out / stack_run_name(run_dir.name) / DONE
         return run_dir / "jobs" / job_dir_name(step, lr, fold) / DONE
 
     def features(self) -> None:
@@ -328,7 +331,7 @@ class ModelRun:
         return self._trainer_obj
 
     def _train(self, job: str, train_rows: np.ndarray, lr: float, epochs: int, fold: int | None,
-               val_rows: np.ndarray | None, trainer: Trainer | None = None):
+               val_rows: np.ndarray | None, trainer: Trainer | None = None, outputs: list | None = None):
         _, inputs, draws = self._inputs()
         trainer = trainer or self._trainer()
         self._init_weights(job, fold, trainer.model)
@@ -337,7 +340,7 @@ class ModelRun:
         s = FitSettings(lr=lr, epochs=epochs, draws=draws,
                         seed=job_seed(self.exp.seed, self.name, job if fold is None else f"fold{fold}", "data"))
         return fit(trainer, inputs, slots, self.targets, s, self.task, val_rows=val_rows,
-                   desc=f"{self.name} {job}")
+                   desc=f"{self.name} {job}", outputs=outputs)
 
     def cv_job(self, lr: float, fold: int, trainer: Trainer | None = None, concurrent: int = 1) -> pd.DataFrame:
         """One CV fit (`concurrent`: how many fits ran at once with it, recorded in its job.json)."""
@@ -347,7 +350,11 @@ class ModelRun:
             return pd.read_csv(d / "history.csv")
         t0 = time.perf_counter()
         tr, va = self.exp.folds[fold]
-        hist, diverged = self._train(job, tr, lr, self.profile.epochs, fold, va, trainer)
+        outputs: list[np.ndarray] = []
+        hist, diverged = self._train(job, tr, lr, self.profile.epochs, fold, va, trainer, outputs)
+        if self.exp.slice_ranges and outputs:
+            kept = np.stack(outputs)[..., :len(self.classes)].astype(np.float16)
+            atomic.atomic_write(d / VAL_OUTPUT, lambda p: np.save(p, kept))
         hist.insert(0, "fold", fold)
         hist.insert(0, "lr", lr)
         hist["diverged"] = diverged
@@ -372,7 +379,7 @@ class ModelRun:
             return self.profile.cv_threads
         if self._cv_fit_steps < MIN_THREADED_FIT_STEPS:
             return 1
-        return min(4, len(os.sched_getaffinity(0)) + 1)
+        return min(4, usable_cpus() + 1)
 
     @functools.cached_property
     def _cv_fit_steps(self) -> int:
@@ -428,8 +435,23 @@ class ModelRun:
             return atomic.read_json(path)
         metric = self.task.selection_metric(self.profile.selection_metric)
         sel = select(self.cv(), metric, self.lrs, len(self.exp.folds), lower_is_better=lower_is_better(metric))
+        if self.exp.slice_ranges:
+            sel["decoding"] = self._tuned_decoding(sel)
         atomic.write_json(path, sel)
         return sel
+
+    def _tuned_decoding(self, sel: dict[str, Any]) -> dict[str, Any]:
+        """The decoding tuned on the out-of-fold validation outputs at the selected LR and epoch count."""
+        probas, rows = [], []
+        for k, (_, va) in enumerate(self.exp.folds):
+            path = self._job_dir(job_dir_name("cv", sel["lr"], k)) / VAL_OUTPUT
+            if not path.is_file():  # CV jobs of an older version kept no outputs
+                return {**Decoding().to_dict(), "tuned_on": f"nothing ({path.name} of fold {k} missing)"}
+            probas.append(np.load(path)[sel["epochs"] - 1].astype(np.float64))
+            rows.append(va)
+        pool = np.concatenate(rows)
+        return tune_decoding(np.concatenate(probas), self.exp.ds.rows.y.to_numpy()[pool],
+                             self.exp.ds.stacks(pool))[1]
 
     def fold_head(self, fold: int) -> dict[str, list[np.ndarray]]:
         """Depth-0 model of one fold at the selected LR and epochs (what a depth-1 fold starts from)."""
@@ -483,7 +505,9 @@ class ModelRun:
         atomic.write_json(directory / "model.json", {
             "results_format": RESULTS_FORMAT, "backbone": self.spec.key, "depth": self.depth,
             "classes": list(self.classes), **self.task.describe(), "outputs": self._output_columns(),
-            "preprocessing": self.prep.key(), "code_version": code_version(), "keras": keras.__version__})
+            "preprocessing": self.prep.key(), "code_version": code_version(), "keras": keras.__version__,
+            **({"decoding": Decoding.from_dict(self.selection()["decoding"]).to_dict()}
+               if "decoding" in self.selection() else {})})
 
     def _output_columns(self) -> list[str]:
         """What each column of the model's output is (the target in its own units, see registry.head)."""
@@ -494,7 +518,7 @@ class ModelRun:
         self.final()
         exp = self.exp
         t0 = time.perf_counter()
-        ds, rows = (exp.test_ds, np.arange(len(exp.test_ds.rows))) if exp.test_ds is not None else (exp.ds, exp.test)
+        ds, rows = exp.test_set()
         if len(rows) == 0:
             raise BenchmarkInputError("no test rows: give --test-fraction, --test-data or a manifest split column")
         if ds is exp.ds:
@@ -522,20 +546,11 @@ class ModelRun:
         out = ds.rows.loc[rows, ["patient", "frame", "slice", "label"]].reset_index(drop=True)
         metrics: dict[str, Any] = {}
         if task.has_classes:
-            y, proba = ds.rows.y.to_numpy()[rows], output[:, :len(self.classes)]
-            stacks = ds.stacks(rows) if ds.has_stacks else None
-            pred = proba.argmax(1)
-            out["prediction"] = [self.classes[i] for i in pred]
-            for c, name in enumerate(self.classes):
-                out[f"p_{name}"] = proba[:, c]
-            metrics = classification_metrics(y, proba, self.classes, stacks=stacks)
-            if stacks is not None and self.classes == ("OAP", "IN", "OBS"):
-                mono = decode_stacks(proba, stacks)
-                out["monotone"] = [self.classes[i] for i in mono]
-                metrics.update(range_metrics(y, pred, stacks))
-                mono_m = classification_metrics(y, proba, self.classes, y_pred=mono, stacks=stacks)
-                mono_m.update(range_metrics(y, mono, stacks))
-                metrics["monotone"] = {k: v for k, v in mono_m.items() if k != "confusion"}
+            decoding = (Decoding.from_dict(self.selection().get("decoding", Decoding().to_dict()))
+                        if self.exp.slice_ranges else None)
+            columns, metrics = class_test(ds, rows, output[:, :len(self.classes)], self.classes, decoding, self.exp)
+            for name, values in columns.items():
+                out[name] = values
         if task.has_target:
             out["target"] = truth = ds.rows["target"].to_numpy()[rows]
             out[TARGET_PREDICTION[task.kind]] = output[:, -1]
@@ -563,6 +578,108 @@ class ModelRun:
             self.selection()
             self.test_job()
         return atomic.read_json(self.dir / "test_metrics.json")
+
+
+def _identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a config.json that must match for results on disk to be reused."""
+    c = json.loads(json.dumps(config, default=str))  # as it reads back from config.json
+    data = {k: v for k, v in c.get("data", {}).items() if k != "path"}  # the same data may live elsewhere
+    if data.get("test_data"):
+        data["test_data"] = {k: data["test_data"].get(k) for k in ("manifest_sha256", "content_sha256")}
+    return {**{k: c.get(k) for k in ("results_format", "run", "weights", "weights_file", "preprocessing",
+                                     "profile", "seed", "classes", "cached_path", "target", "stack_model")},
+            "task": c.get("task", "classification"), "data": data}  # results made before tasks classified
+
+
+def check_run_dir(directory: Path, config: dict[str, Any], force: bool) -> bool:
+    """True if the run in `directory` is complete. Refuses a directory made with other settings unless forced
+    (then it is removed and redone)."""
+    cfg_path = directory / "config.json"
+    if force and directory.exists():
+        shutil.rmtree(directory)
+    if cfg_path.is_file():
+        old = atomic.read_json(cfg_path)
+        if old.get("results_format") != RESULTS_FORMAT:
+            raise BenchmarkInputError(
+                f"{directory} was written by results format {old.get('results_format')} (this code writes "
+                f"{RESULTS_FORMAT}); use another --out or --force to redo it")
+        mine, theirs = _identity(config), _identity(old)
+        diff = [k for k in mine if theirs[k] != mine[k]]
+        if diff:
+            raise BenchmarkInputError(f"{directory} holds a run made with other settings ({', '.join(diff)}); "
+                                      f"use another --out, or --force to redo it")
+    return (directory / DONE).is_file()
+
+
+def prepare_run_dir(directory: Path, config: dict[str, Any], exp: Experiment, force: bool) -> bool:
+    """True if the run in `directory` is complete (check_run_dir); else it is started: config.json, folds.csv."""
+    if check_run_dir(directory, config, force):
+        return True
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(directory / "config.json", config)
+    exp.write_folds(directory)
+    (directory / "error.txt").unlink(missing_ok=True)  # from an earlier attempt; this one starts afresh
+    return False
+
+
+def class_test(ds: Dataset, rows: np.ndarray, proba: np.ndarray, classes: tuple[str, ...],
+               decoding: Decoding | None, exp: Experiment) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(test_predictions.csv columns, test_metrics.json) of class probabilities on test rows.
+
+    The top level scores the argmax. With slice ranges there is also `monotone` (the plain monotone decoding),
+    `decoded` (the decoding chosen on validation, `decoding`: the run's headline range figures) and `baselines`
+    ("every slice IN" and the position-only model, scored on the same stacks).
+    """
+    y = ds.rows.y.to_numpy()[rows]
+    stacks = ds.stacks(rows) if ds.has_stacks else None
+    pred = proba.argmax(1)
+    columns: dict[str, Any] = {"prediction": [classes[i] for i in pred]}
+    for c, name in enumerate(classes):
+        columns[f"p_{name}"] = proba[:, c]
+    metrics = classification_metrics(y, proba, classes, stacks=stacks)
+    if decoding is None:
+        return columns, metrics
+    metrics.update(range_metrics(y, pred, stacks))
+    for key, labels in (("monotone", decode_stacks(proba, stacks)), ("decoded", decoding.apply(proba, stacks))):
+        columns[key] = [classes[i] for i in labels]
+        m = classification_metrics(y, proba, classes, y_pred=labels, stacks=stacks)
+        m.update(range_metrics(y, labels, stacks))
+        metrics[key] = {k: v for k, v in m.items() if k != "confusion"}
+    metrics["decoded"]["decoding"] = decoding.to_dict()
+    baselines = exp.baselines
+    for name, (_, labels, _) in baselines.items():
+        columns[f"baseline_{name}"] = [classes[i] for i in labels]
+    metrics["baselines"] = baseline_metrics(baselines, y, ds.rows.iloc[rows], classes)
+    sources = ds.sources[rows]
+    if len(set(sources)) > 1:
+        metrics["by_source"] = {}
+        for name in sorted(set(sources)):
+            at = np.flatnonzero(sources == name)
+            part = {"decoded": columns["decoded"], **{f"baseline_{b}": columns[f"baseline_{b}"] for b in baselines}}
+            scores = {key: per_source_scores(y[at], proba[at], np.array([classes.index(c) for c in np.asarray(
+                labels)[at]]), stacks.iloc[at].reset_index(drop=True), classes) for key, labels in part.items()}
+            metrics["by_source"][name] = scores
+    return columns, metrics
+
+
+def per_source_scores(y: np.ndarray, proba: np.ndarray, pred: np.ndarray, stacks: pd.DataFrame,
+                      classes: tuple[str, ...]) -> dict[str, Any]:
+    """Macro-F1 and the IN-range figures of one source's test rows."""
+    m = classification_metrics(y, proba, classes, y_pred=pred)
+    m.update(range_metrics(y, pred, stacks))
+    return {k: m[k] for k in ("macro_f1", "range_exact", "range_within1", "boundary_mae", "n_stacks")}
+
+
+def write_class_test(directory: Path, ds: Dataset, rows: np.ndarray, proba: np.ndarray, classes: tuple[str, ...],
+                     decoding: Decoding | None, exp: Experiment) -> dict[str, Any]:
+    """class_test written as the run's test_predictions.csv and test_metrics.json."""
+    out = ds.rows.loc[rows, ["patient", "frame", "slice", "label"]].reset_index(drop=True)
+    columns, metrics = class_test(ds, rows, proba, classes, decoding, exp)
+    for name, values in columns.items():
+        out[name] = values
+    atomic.write_csv(directory / "test_predictions.csv", out)
+    atomic.write_json(directory / "test_metrics.json", metrics)
+    return metrics
 
 
 def _seeded_head(model: keras.Model, task: Task, dropout: float, seed: int) -> dict[str, list[np.ndarray]]:

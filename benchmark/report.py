@@ -59,10 +59,11 @@ from matplotlib.lines import Line2D
 
 from data_prep import atomic
 from .data import BenchmarkInputError, Dataset
-from .grid import LABEL_EFFICIENCY, check_writable, label_efficiency_summary, plan
+from .baselines import BASELINES, CONSTANT
+from .grid import FINISHED, LABEL_EFFICIENCY, check_writable, label_efficiency_summary, run_order
 from .metrics import bootstrap_ci, classification_metrics, range_metrics, regression_metrics, soft_correct
 from .preprocess import Preprocessing
-from .protocol import DONE, RESULTS_FORMAT, TARGET_PREDICTION, run_name
+from .protocol import DONE, RESULTS_FORMAT, TARGET_PREDICTION
 from .registry import POOLED, get_spec
 
 # Okabe-Ito: distinguishable with every common colour-vision deficiency
@@ -85,6 +86,11 @@ LOWER_IS_BETTER = {"boundary_mae", "mae", "rmse"}
 NOT_RANKED = {"mae_mean_baseline"}  # the same reference for every run, not a result of one
 CONFIG_KEYS = ("backbone", "depth", "classes", "preprocessing")
 NO_AUC_PREFIX = "mono_"  # monotone decoding changes labels, not probabilities: its AUCs are the argmax ones
+DECODED_PREFIX = "dec_"  # the decoding chosen on validation: the run's headline IN-range figures
+# key prefix -> the test_metrics.json section it reads ("" the top level, the argmax)
+SECTIONS = {"": "", NO_AUC_PREFIX: "monotone", DECODED_PREFIX: "decoded"}
+DECODED_METRICS = ["macro_f1"] + [k for k, _ in RANGE_METRICS]
+BASELINE_DEPTH = "baseline"
 
 
 class FigureUnavailable(Exception):
@@ -160,11 +166,14 @@ class Run:
     def _json(self, name: str) -> dict[str, Any]:
         path = self.dir / name
         try:
-            return atomic.read_json(path)
+            value = atomic.read_json(path)
         except FileNotFoundError:
             raise BenchmarkInputError(f"{path} is missing although {self.dir / DONE} exists") from None
         except json.JSONDecodeError as exc:
             raise BenchmarkInputError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(value, dict):
+            raise BenchmarkInputError(f"{path}: expected a JSON object, got {type(value).__name__}")
+        return value
 
     def _csv(self, name: str, **kwargs) -> pd.DataFrame:
         path = self.dir / name
@@ -196,15 +205,23 @@ class Run:
         labels = ("label", "prediction") if self.has_classes else ("label",)  # a regression predicts a number
         text = {c: str for c in ("patient", "frame", "monotone", *labels)}
         df = self._csv("test_predictions.csv", dtype=text, keep_default_na=False)
+        need = ["patient", "frame", "slice", "label"]
+        need += ["prediction", *(f"p_{c}" for c in self.classes)] if self.has_classes else []
+        need += ["target", TARGET_PREDICTION[self.task]] if self.has_target else []
+        missing = [c for c in need if c not in df]
+        if missing:
+            raise BenchmarkInputError(f"{self.dir / 'test_predictions.csv'}: missing column(s) {', '.join(missing)}")
         unknown = sorted(set().union(*(set(df[c]) for c in labels)) - set(self.classes))
         if unknown:
             raise BenchmarkInputError(f"{self.dir / 'test_predictions.csv'}: labels {unknown} are not among the "
                                       f"run's classes {list(self.classes)}")
         return df
 
-    def metric(self, key: str, monotone: bool = False) -> float:
-        """A test metric from test_metrics.json; NaN when absent. Older files prefix the range keys with range_."""
-        m = self.metrics.get("monotone", {}) if monotone else self.metrics
+    def metric(self, key: str, monotone: bool = False, section: str = "") -> float:
+        """A test metric from test_metrics.json (`section`: "monotone", "decoded" or the top level); NaN when
+        absent. Older files prefix the range keys with range_."""
+        section = "monotone" if monotone else section
+        m = self.metrics.get(section, {}) if section else self.metrics
         value = m.get(key, m.get(f"range_{key}"))
         return float("nan") if value is None else float(value)
 
@@ -252,10 +269,6 @@ def _rank_key(value: float) -> float:
     return math.inf if math.isnan(value) else -value
 
 
-def paper_order() -> dict[str, int]:
-    return {run_name(get_spec(k), d): i for i, (k, d) in enumerate(plan(["all"], "both"))}
-
-
 def load_results(path: str | Path) -> Results:
     """Read a results directory written by `python -m benchmark`; BenchmarkInputError with one message if it is not."""
     root = Path(path)
@@ -280,8 +293,7 @@ def load_results(path: str | Path) -> Results:
     if not runs:
         raise BenchmarkInputError(f"{root} is not a results directory: no <run>/config.json in it (expected "
                                   f"OUT/<backbone>_d<depth>/ folders written by `python -m benchmark --out OUT`)")
-    order = paper_order()
-    runs.sort(key=lambda r: (order.get(r.name, len(order)), r.name))
+    runs.sort(key=lambda r: (run_order(r.name), r.name))
     return Results(root, runs)
 
 
@@ -335,8 +347,9 @@ def _class_arrays(run: Run) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarra
     y = df["label"].map(index).to_numpy(dtype=np.int64)
     proba = df[[f"p_{c}" for c in run.classes]].to_numpy(dtype=np.float64)
     decodings = {"": df["prediction"].map(index).to_numpy(dtype=np.int64)}
-    if "monotone" in df and "monotone" in run.metrics:
-        decodings["mono_"] = df["monotone"].map(index).to_numpy(dtype=np.int64)
+    for prefix, section in SECTIONS.items():
+        if prefix and section in df and section in run.metrics:
+            decodings[prefix] = df[section].map(index).to_numpy(dtype=np.int64)
     stacks = df[["patient", "frame", "slice"]].astype({"slice": np.int64})
     return y, proba, decodings, stacks
 
@@ -397,7 +410,7 @@ def _class_intervals(run: Run, n_boot: int, seed: int) -> dict[str, tuple[float,
     for prefix, pred in decodings.items():
         scores = _memo(lambda idx, pred=pred: classification_metrics(y[idx], proba[idx], run.classes, y_pred=pred[idx]))
         keys = [f"f1_{c.lower()}" for c in run.classes] + ["macro_f1", "accuracy"]
-        if prefix != NO_AUC_PREFIX:
+        if not prefix:
             keys += ["auc_micro", "auc_weighted"]
         for key in keys:
             out[prefix + key] = bootstrap_ci(lambda idx, key=key, scores=scores: scores(idx)[key], groups, n_boot,
@@ -429,7 +442,7 @@ def check_predictions(run: Run) -> list[str]:
         for prefix, pred in decodings.items():
             m = classification_metrics(y, proba, run.classes, y_pred=pred)
             for key in [f"f1_{c.lower()}" for c in run.classes] + ["macro_f1", "accuracy"]:
-                compare(prefix + key, run.metric(key, monotone=bool(prefix)), m[key], 1e-6)
+                compare(prefix + key, run.metric(key, section=SECTIONS[prefix]), m[key], 1e-6)
         if confusion(run).tolist() != run.metrics.get("confusion"):
             problems.append("the confusion matrix of test_predictions.csv differs from test_metrics.json")
     if run.has_target:
@@ -460,8 +473,17 @@ def metric_keys(classes: Sequence[str], task: str = "classification") -> list[st
     (a classifier's); then the regression metrics (a regression's)."""
     base = [f"f1_{c.lower()}" for c in classes] + [k for k, _ in CLASS_METRICS] + [k for k, _ in RANGE_METRICS]
     mono = [NO_AUC_PREFIX + k for k in base if not k.startswith("auc_")]
+    decoded = [DECODED_PREFIX + k for k in DECODED_METRICS]
     target = [k for k, _ in REGRESSION_METRICS] if task != "classification" else []
-    return (base + mono if task != "regression" else []) + target
+    return (base + mono + decoded if task != "regression" else []) + target
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """(prefix, metric) of a table-2 key: "dec_range_exact" -> ("dec_", "range_exact")."""
+    for prefix in (NO_AUC_PREFIX, DECODED_PREFIX):
+        if key.startswith(prefix):
+            return prefix, key[len(prefix):]
+    return "", key
 
 
 def _intervals_job(run_dir: str, config: dict[str, Any], n_boot: int, seed: int):
@@ -511,8 +533,8 @@ def table2_test(results: Results, n_boot: int = 1000, seed: int = 0, progress: b
         row: dict[str, Any] = {"run": r.name, "network": r.network, "depth": r.depth, "weights": r.config.get("weights"),
                                "selected_lr": sel["lr"], "selected_epochs": sel["epochs"], **cv_summary(r)}
         for key in keys:
-            mono = key.startswith(NO_AUC_PREFIX)
-            row[key] = r.metric(key[len(NO_AUC_PREFIX):] if mono else key, monotone=mono)
+            prefix, base = split_key(key)
+            row[key] = r.metric(base, section=SECTIONS[prefix])
             row[f"{key}_lo"], row[f"{key}_hi"] = intervals[r.name].get(key, (float("nan"), float("nan")))
         for c in classes if r.has_classes else ():
             row[f"support_{c.lower()}"] = r.metrics.get(f"support_{c.lower()}")
@@ -520,9 +542,47 @@ def table2_test(results: Results, n_boot: int = 1000, seed: int = 0, progress: b
             row["target"] = r.config["target"]
         row["n"] = r.metrics.get("n")
         rows.append(row)
+    rows += baseline_rows(runs, n_boot, seed)
     df = pd.DataFrame(rows)
+    if "dec_range_exact" in df:
+        constant = df.loc[df["run"] == f"baseline_{CONSTANT}", "dec_range_exact"]
+        beats = (df["dec_range_exact"] > constant.iat[0]).astype(object) if len(constant) else None
+        df["beats_constant"] = beats.where(df["depth"] != BASELINE_DEPTH, None) if beats is not None else None
     empty = [k for k in keys if df[k].isna().all()]
     return df.drop(columns=[c for k in empty for c in (k, f"{k}_lo", f"{k}_hi")])
+
+
+def baseline_rows(runs: Sequence[Run], n_boot: int, seed: int) -> list[dict[str, Any]]:
+    """Table-2 rows of the baselines (benchmark.baselines) recorded with the first run that has them, scored on
+    the same test stacks as every run: their decoded columns and patient-bootstrap CIs from that run's
+    test_predictions.csv (column baseline_<name>)."""
+    run = next((r for r in runs if r.has_classes and "baselines" in r.metrics), None)
+    if run is None:
+        return []
+    df = run.predictions
+    y, proba, _, stacks = _class_arrays(run)
+    index = {c: i for i, c in enumerate(run.classes)}
+    groups = stacks["patient"].to_numpy()
+    out = []
+    for name, m in run.metrics["baselines"].items():
+        row: dict[str, Any] = {"run": f"baseline_{name}", "network": f"{BASELINES.get(name, name)} (baseline)",
+                               "depth": BASELINE_DEPTH, "weights": None}
+        row.update({DECODED_PREFIX + k: m.get(k, float("nan")) for k in DECODED_METRICS})
+        column = f"baseline_{name}"
+        if column in df and n_boot:
+            pred = df[column].map(index).to_numpy(dtype=np.int64)
+            f1 = _memo(lambda idx, pred=pred: classification_metrics(y[idx], proba[idx], run.classes,
+                                                                     y_pred=pred[idx]))
+            row["dec_macro_f1_lo"], row["dec_macro_f1_hi"] = bootstrap_ci(lambda idx, f1=f1: f1(idx)["macro_f1"],
+                                                                          groups, n_boot, seed)
+            per_stack = per_stack_range(y, pred, stacks)
+            for key, _ in RANGE_METRICS:
+                values = per_stack[key].to_numpy(dtype=np.float64)
+                row[f"dec_{key}_lo"], row[f"dec_{key}_hi"] = bootstrap_ci(lambda idx, v=values: _nanmean(v[idx]),
+                                                                          per_stack["patient"].to_numpy(), n_boot,
+                                                                          seed)
+        out.append(row)
+    return out
 
 
 def best_mask(df: pd.DataFrame, key: str, decimals: int = 3) -> pd.Series:
@@ -530,25 +590,27 @@ def best_mask(df: pd.DataFrame, key: str, decimals: int = 3) -> pd.Series:
     values = df[key].astype(float).round(decimals)
     if values.notna().sum() < 2 or key in NOT_RANKED:
         return pd.Series(False, index=df.index)
-    best = values.min() if key.removeprefix(NO_AUC_PREFIX) in LOWER_IS_BETTER else values.max()
+    best = values.min() if split_key(key)[1] in LOWER_IS_BETTER else values.max()
     return values == best
 
 
 def _heading(key: str) -> str:
-    mono = key.startswith(NO_AUC_PREFIX)
-    base = key.removeprefix(NO_AUC_PREFIX)
+    prefix, base = split_key(key)
     names = dict(CLASS_METRICS + RANGE_METRICS + REGRESSION_METRICS)
     name = f"F1 {base[3:].upper()}" if base.startswith("f1_") else names.get(base, base.replace("_", " "))
-    return f"{name} (mono)" if mono else name
+    return name + {"": "", NO_AUC_PREFIX: " (mono)", DECODED_PREFIX: ""}[prefix]
 
 
 def _table2_groups(df: pd.DataFrame) -> list[tuple[str, list[str]]]:
     keys = [k for k in metric_keys([c[len("support_"):] for c in df if c.startswith("support_")], "multi") if k in df]
     target = [k for k in keys if k in dict(REGRESSION_METRICS)]
+    decoded = [k for k in keys if k.startswith(DECODED_PREFIX)]
+    keys = [k for k in keys if k not in decoded]
     plain = [k for k in keys if not k.startswith(NO_AUC_PREFIX) and k not in dict(RANGE_METRICS) and k not in target]
     rng = [k for k in keys if k.removeprefix(NO_AUC_PREFIX) in dict(RANGE_METRICS)]
     mono = [k for k in keys if k.startswith(NO_AUC_PREFIX) and k not in rng]
-    groups = [("Test set, argmax decoding", plain)] if plain else []
+    groups = [(DECODED_TITLE, decoded)] if decoded else []
+    groups += [("Test set, argmax decoding", plain)] if plain else []
     if target:
         groups.append((f"Test set, regression of {df['target'].iat[0]}", target))
     if mono or rng:
@@ -559,26 +621,36 @@ def _table2_groups(df: pd.DataFrame) -> list[tuple[str, list[str]]]:
 def table2_markdown(df: pd.DataFrame) -> str:
     supports = [c for c in df if c.startswith("support_")]
     parts = []
-    for g, (title, keys) in enumerate(_table2_groups(df)):
-        cv_name = _heading(df["cv_metric"].iat[0].removeprefix("val_")) if len(df) else ""
-        extra = [f"CV {cv_name} (mean ± SD)"] if g == 0 else []
+    groups = _table2_groups(df)
+    first_plain = next((g for g, (title, _) in enumerate(groups) if title != DECODED_TITLE), 0)
+    for g, (title, keys) in enumerate(groups):
+        rows = df if title == DECODED_TITLE else df[df["depth"] != BASELINE_DEPTH]
+        cv_name = _heading(df["cv_metric"].dropna().iat[0].removeprefix("val_")) if df["cv_metric"].notna().any() \
+            else ""
+        extra = [f"CV {cv_name} (mean ± SD)"] if g == first_plain else []
         head = ["network", "depth", "weights"] + [_heading(k) for k in keys] + extra + \
-            ([f"n {c[len('support_'):].upper()}" for c in supports] if g == 0 else [])
+            ([f"n {c[len('support_'):].upper()}" for c in supports] if extra else [])
         lines = [f"### {title}", ""] + _md_header(head)
-        marks = {k: best_mask(df, k) for k in keys}
-        for i, r in df.iterrows():
-            cells = [r.network, str(r.depth), weights_short(r.weights)]
+        marks = {k: best_mask(rows, k) for k in keys}
+        for i, r in rows.iterrows():
+            loses = title == DECODED_TITLE and r.get("beats_constant") is False
+            cells = [r.network + (" †" if loses else ""), str(r.depth), weights_short(r.weights)]
             for k in keys:
                 value = _num(r[k], 3)
                 cells.append((f"**{value}**" if marks[k][i] else value) + _ci_text(r[f"{k}_lo"], r[f"{k}_hi"]))
             if extra:
                 cells.append(f"{_num(r.cv_mean, 3)} ± {_num(r.cv_sd, 3)}")
-                cells += [str(r[c]) for c in supports]
+                cells += [_num(r[c], 0) for c in supports]
             lines.append(_md_row(cells))
         parts.append("\n".join(lines))
     note = ("Point estimates from test_metrics.json; [95 % CI] from a patient-level bootstrap of "
             "test_predictions.csv; best value per column in bold (lowest for boundary MAE, in slices). CV: fold mean "
             "± SD of the selection metric at the selected learning rate and epoch count.")
+    if "beats_constant" in df:
+        note += (f" {DECODED_TITLE}: each run's probabilities decoded as chosen on its validation folds "
+                 "(selection.json `decoding`); the baselines are scored on the same stacks: every slice IN, and a "
+                 "model of the slice's position in its stack alone. † marks a run whose exact IN range does not "
+                 "beat the every-slice-IN constant.")
     if "mae" in df:
         note += (" MAE and RMSE are in the target's units (lowest in bold); baseline MAE is the MAE of predicting "
                  "the training pool's mean target for every test slice, the figure a model has to beat.")
@@ -589,13 +661,16 @@ def table2_latex(df: pd.DataFrame) -> str:
     """booktabs tables (\\usepackage{booktabs}); CIs in brackets below each value."""
     out = ["% generated by python -m benchmark.report; needs \\usepackage{booktabs}"]
     for title, keys in _table2_groups(df):
-        marks = {k: best_mask(df, k) for k in keys}
+        rows = df if title == DECODED_TITLE else df[df["depth"] != BASELINE_DEPTH]
+        marks = {k: best_mask(rows, k) for k in keys}
         out += [r"\begin{table}[ht]", r"\centering", r"\scriptsize", f"\\caption{{{_tex(title)}}}",
                 r"\begin{tabular}{lll" + "c" * len(keys) + "}", r"\toprule",
                 " & ".join(["Network", "Depth", "Weights"] + [_tex(_heading(k)) for k in keys]) + r" \\",
                 r"\midrule"]
-        for i, r in df.iterrows():
-            values, cis = [_tex(r.network), _tex(str(r.depth)), _tex(weights_short(r.weights))], ["", "", ""]
+        for i, r in rows.iterrows():
+            loses = title == DECODED_TITLE and r.get("beats_constant") is False
+            values, cis = [_tex(r.network + (" †" if loses else "")), _tex(str(r.depth)),
+                           _tex(weights_short(r.weights))], ["", "", ""]
             for k in keys:
                 v = _num(r[k], 3)
                 values.append(f"\\textbf{{{v}}}" if marks[k][i] else v)
@@ -608,11 +683,14 @@ def table2_latex(df: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
+DECODED_TITLE = "IN range, decoding chosen on validation, beside the baselines"
+
+
 def weights_short(weights: str | None) -> str:
     """config.json `weights` for a table cell: ImageNet, random init (a pretrained network run without its ImageNet
     file), scratch (CBR), or the file name given with --weights PATH."""
-    if weights is None or weights == "imagenet":
-        return "ImageNet" if weights else "—"
+    if not isinstance(weights, str) or weights == "imagenet":  # a baseline row has none (NaN in a table)
+        return "ImageNet" if isinstance(weights, str) else "—"
     if weights == "none":
         return "random init"
     if weights.startswith("none (trained from scratch)"):
@@ -845,9 +923,8 @@ def load_label_efficiency(root: Path) -> pd.DataFrame:
     missing = [c for c in LE_COLUMNS if c not in df]
     if missing:
         raise BenchmarkInputError(f"{path}: missing column(s) {', '.join(missing)}")
-    order = paper_order()
-    return df.sort_values(["run", "fraction", "repeat"], key=lambda c: c.map(order).fillna(len(order))
-                          if c.name == "run" else c, kind="stable").reset_index(drop=True)
+    return df.sort_values(["run", "fraction", "repeat"], key=lambda c: c.map(run_order) if c.name == "run" else c,
+                          kind="stable").reset_index(drop=True)
 
 
 def _le_label(name: str, depth: str) -> str:
@@ -863,8 +940,8 @@ def _check_curve_metric(df: pd.DataFrame, metric: str) -> None:
 
 def table3_label_efficiency(df: pd.DataFrame, metric: str = "macro_f1") -> pd.DataFrame:
     _check_curve_metric(df, metric)
-    return label_efficiency_summary(df, [metric] + [m for m in ("macro_f1", "accuracy", "auc_micro")
-                                                    if m != metric])
+    return label_efficiency_summary(df, [metric] + [m for m in ("macro_f1", "accuracy", "auc_micro", "range_exact")
+                                                    if m != metric and m in df])
 
 
 def table3_markdown(table: pd.DataFrame) -> str:
@@ -872,7 +949,8 @@ def table3_markdown(table: pd.DataFrame) -> str:
     lines = _md_header(["network", "depth", "fraction", "patients", "repeats"] +
                        [f"{_heading(m)} (mean ± SD)" for m in metrics])
     for _, r in table.iterrows():
-        lines.append(_md_row([r["name"], str(r.depth), f"{r.fraction:g}", f"{r.n_patients:g}", str(r.repeats)] +
+        depth = BASELINE_DEPTH if str(r.run).startswith("baseline_") else str(r.depth)
+        lines.append(_md_row([r["name"], depth, f"{r.fraction:g}", f"{r.n_patients:g}", str(r.repeats)] +
                              [f"{_num(r[f'{m}_mean'], 3)} ± {_num(r[f'{m}_sd'], 3)}" for m in metrics]))
     return ("\n".join(lines) + "\n\nTest metrics on the same held-out patients for every fraction; the training "
             "patients of a fraction are a seeded, class-stratified subset of the training pool, nested inside the "
@@ -883,7 +961,7 @@ def fig7_label_efficiency(df: pd.DataFrame, metric: str = "macro_f1") -> Figure:
     """Test metric against the fraction of training patients (log x): per run the mean over repeats (line), mean ±
     SD (band) and each repeat (dots). Tick labels give the fraction and its number of patients."""
     _check_curve_metric(df, metric)
-    done = df[(df["status"] == "done") & df[metric].notna()]
+    done = df[df["status"].isin(FINISHED) & df[metric].notna()]
     if done.empty:
         raise FigureUnavailable(f"no finished run with a {metric} value in {LABEL_EFFICIENCY}")
     table = label_efficiency_summary(done, [metric])
@@ -928,7 +1006,7 @@ def write_label_efficiency_report(root: Path, out: Path, *, metric: str = "macro
         written += [save_figure(fig, out / f"fig7_label_efficiency{suffix}") for suffix in (".png", ".pdf")]
     except FigureUnavailable as exc:
         log(f"fig7_label_efficiency skipped: {exc}")
-    unfinished = df[df["status"] != "done"]
+    unfinished = df[~df["status"].isin(FINISHED)]
     if len(unfinished):
         log("not finished, not in the curve: " + ", ".join(f"{r.run} at fraction {r.fraction:g} repeat {r.repeat}"
                                                            for r in unfinished.itertuples()))
@@ -1209,6 +1287,8 @@ def write_report(results: Results, out: Path, *, lr: float | None = None, n_boot
     cam_run = results.get(gradcam_run) if gradcam_run else None
     for name in tsne_runs or ():
         results.get(name)
+    for r in runs:  # every result file read and checked now: a damaged one stops the report before Table 1
+        _ = r.metrics, r.selection, r.timing, r.predictions
     written: list[Path] = []
 
     def text(name: str, content: str) -> None:

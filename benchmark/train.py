@@ -160,8 +160,10 @@ class Trainer:
 
 
 def fit(trainer: Trainer, inputs: Inputs, slots: Slots, targets: np.ndarray, s: FitSettings, task: Task, *,
-        val_rows: np.ndarray | None = None, desc: str = "fit") -> tuple[pd.DataFrame, bool]:
-    """Train the trainer's model in place. Returns (history per epoch, diverged).
+        val_rows: np.ndarray | None = None, desc: str = "fit",
+        outputs: list | None = None) -> tuple[pd.DataFrame, bool]:
+    """Train the trainer's model in place. Returns (history per epoch, diverged); `outputs`, when given, receives
+    each epoch's validation outputs.
 
     targets is indexed by row (the whole dataset, Task.targets). A NaN or infinite training loss or validation
     output stops the fit and marks it diverged (its history is kept, selection skips it).
@@ -183,5 +185,7 @@ def fit(trainer: Trainer, inputs: Inputs, slots: Slots, targets: np.ndarray, s: 
             break
         if out is not None:
             rec.update(task.scores(targets[val_rows], out, train_mean))
+            if outputs is not None:
+                outputs.append(out)
         records.append(rec)
     return pd.DataFrame.from_records(records), diverged

@@ -30,8 +30,18 @@ def test_cli_end_to_end(tiny_grid):
         for f in RUN_FILES:
             assert (a / run / f).is_file(), (run, f)
     summary = pd.read_csv(a / "summary.csv")
-    assert list(summary.run) == ["mobilenet_d0", "mobilenet_d1", "cbr_tiny"]
-    assert (summary.status == "done").all()
+    assert list(summary.run) == ["mobilenet_d0", "mobilenet_d0+stack", "mobilenet_d1", "cbr_tiny", "baseline_every_in",
+                                 "baseline_position"]
+    assert list(summary.status) == ["done"] * 4 + ["baseline"] * 2
+    # the constant's row is what every run's beats_constant compares with
+    constant = summary.set_index("run").loc["baseline_every_in"]
+    runs = summary[summary.status == "done"]
+    assert (runs.beats_constant == (runs.range_exact > constant.range_exact)).all()
+    for run in ("mobilenet_d0", "mobilenet_d0+stack"):
+        sel = json.loads((a / run / "selection.json").read_text())
+        assert sel["decoding"]["tuned_on"] == "out-of-fold validation predictions"
+    stack_model = a / "mobilenet_d0+stack" / "model"
+    assert {p.name for p in stack_model.iterdir()} >= {"model.keras", "stack.keras", "model.json"}
     metrics = json.loads((a / "mobilenet_d1" / "test_metrics.json").read_text())
     for key in ("f1_oap", "f1_in", "f1_obs", "macro_f1", "accuracy", "soft_accuracy", "auc_micro", "auc_weighted",
                 "support_oap", "support_in", "support_obs"):
@@ -71,9 +81,9 @@ def test_augmentation_never_touches_validation_or_test(tiny_synthetic, tmp_path,
     seen = []
     real_fit = protocol.fit
 
-    def spy(model, inputs, slots, y, s, task, *, val_rows=None, desc=""):
+    def spy(model, inputs, slots, y, s, task, *, val_rows=None, desc="", **kw):
         seen.append((desc, slots.rows.copy(), None if val_rows is None else inputs.plain(val_rows)[0]))
-        return real_fit(model, inputs, slots, y, s, task, val_rows=val_rows, desc=desc)
+        return real_fit(model, inputs, slots, y, s, task, val_rows=val_rows, desc=desc, **kw)
 
     monkeypatch.setattr(protocol, "fit", spy)
     exp = make_experiment(tiny_synthetic, tiny_profile(epochs=1), 0, tmp_path, "none", use_cache=False,
@@ -117,7 +127,7 @@ def test_results_from_other_settings_are_refused(tiny_synthetic, tmp_path):
     shutil.copytree(tiny_synthetic, moved)
     assert run_for(0, moved).check_dir(force=False) is False  # same content elsewhere: resumable, not done
     with pytest.raises(BenchmarkInputError, match=r"other settings \(.*seed"):
-        run_for(1).check_dir(force=False)
+        run_for(2).check_dir(force=False)  # (seed 1's folds leave one fold without an OAP training slice)
     cfg = json.loads((first.dir / "config.json").read_text())
     cfg["results_format"] = 0
     (first.dir / "config.json").write_text(json.dumps(cfg))

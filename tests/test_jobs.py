@@ -27,6 +27,8 @@ def same_results(a: Path, b: Path) -> None:
     pd.testing.assert_frame_equal(pd.read_csv(a / "summary.csv").drop(columns=TIMES),
                                   pd.read_csv(b / "summary.csv").drop(columns=TIMES))
     for run in pd.read_csv(a / "summary.csv").run:
+        if not (a / run).is_dir():  # a baseline row: scored inside every run's test_metrics.json
+            continue
         for name in ("test_predictions.csv", "test_metrics.json", "cv_history.csv", "selection.json"):
             assert (a / run / name).read_bytes() == (b / run / name).read_bytes(), (run, name)
 
@@ -52,10 +54,13 @@ def test_graph_dependencies(tiny_exp):
                                                          for lr in (1e-2, 1e-3) for k in (0, 1)}
     order = list(graph)  # the single-process order respects every dependency
     assert all(order.index(d) < order.index(j) for j, deps in graph.items() for d in deps)
-    # without depth 1 there are no fold models to rebuild, and nothing depends on another run
+    # a depth-0 run's stack model reads its features and, for predict, its final model
+    assert graph[Job("mobilenet", 0, "stack")] == (Job("mobilenet", 0, "features"), Job("mobilenet", 0, "final"))
+    assert Job("mobilenet", 0, "stack").run == "mobilenet_d0+stack"
+    # without depth 1 there are no fold models to rebuild, and no run depends on another but a stack model on its base
     graph0 = build_graph(tiny_exp, [("mobilenet", 0), ("mobilenetv2", 0)])
     assert not any(j.step == "foldinit" for j in graph0)
-    assert all(d.run == j.run for j, deps in graph0.items() for d in deps)
+    assert all(d.run == j.run or j.run == d.run + "+stack" for j, deps in graph0.items() for d in deps)
 
 
 def test_kill9_at_three_random_moments_then_resume_equals_uninterrupted(tiny_grid, tmp_path):
@@ -127,8 +132,10 @@ def test_a_job_failing_twice_fails_its_run_and_dependents_only(tiny_exp, monkeyp
     monkeypatch.setitem(jobs.STEPS, "final", fn)
     failed = run_jobs(tiny_exp, [("mobilenet", 1), ("mobilenetv2", 0)], InProcess())
     out = tiny_exp.out
-    # mobilenet_d0's final failed twice; mobilenet_d1 needs it; mobilenetv2_d0's final ran (3rd call) and finished
-    assert failed == ["mobilenet_d0", "mobilenet_d1"]
+    # mobilenet_d0's final failed twice; mobilenet_d1 and its stack model need it; mobilenetv2_d0's final ran (3rd
+    # call) and finished
+    assert failed == ["mobilenet_d0", "mobilenet_d0+stack", "mobilenet_d1"]
+    assert "needs mobilenet_d0, which failed" in (out / "mobilenet_d0+stack" / "error.txt").read_text()
     assert "broken final" in (out / "mobilenet_d0" / "error.txt").read_text()
     assert "needs mobilenet_d0, which failed" in (out / "mobilenet_d1" / "error.txt").read_text()
     assert (out / "mobilenetv2_d0" / "DONE").is_file() and not (out / "mobilenet_d0" / "DONE").exists()

@@ -142,14 +142,21 @@ def test_cli_label_efficiency_end_to_end(balanced_data, tmp_path, capsys):
     assert configs[("0.5", 0)]["data"]["subset_patients"] != configs[("0.5", 1)]["data"]["subset_patients"]
     # one feature pass for the whole curve: every subset read the cache of the whole pool
     assert len([p for p in (out / "cache").iterdir() if p.is_dir()]) == 1
-    le = pd.read_csv(out / "label_efficiency.csv")
+    every = pd.read_csv(out / "label_efficiency.csv")
+    # each subset: the per-slice run, its stack model and the two baselines on the same test stacks
+    assert set(every.run) == {"mobilenet_d0", "mobilenet_d0+stack", "baseline_every_in", "baseline_position"}
+    assert (every.status[every.run.str.startswith("baseline_")] == "baseline").all()
+    constant = every[every.run == "baseline_every_in"]
+    assert constant.range_exact.nunique() == 1  # the same test stacks at every fraction
+    le = every[every.run == "mobilenet_d0"]
     assert sorted(zip(le.fraction, le["repeat"])) == [(0.5, 0), (0.5, 1), (1.0, 0), (1.0, 1)]
-    assert (le.run == "mobilenet_d0").all() and (le.status == "done").all()
+    assert (le.status == "done").all()
     for row in le.itertuples():
         m = json.loads((out / f"frac{row.fraction:g}" / f"rep{row.repeat}" / "mobilenet_d0" /
                         "test_metrics.json").read_text())
         assert row.macro_f1 == pytest.approx(m["macro_f1"]) and row.n_patients == (4 if row.fraction == 0.5 else 8)
-    summary = pd.read_csv(out / "label_efficiency_summary.csv")
+    everything = pd.read_csv(out / "label_efficiency_summary.csv")
+    summary = everything[everything.run == "mobilenet_d0"]
     half = le[le.fraction == 0.5].macro_f1
     assert summary.loc[summary.fraction == 0.5, "macro_f1_mean"].item() == pytest.approx(half.mean())
     assert summary.loc[summary.fraction == 0.5, "macro_f1_sd"].item() == pytest.approx(half.std(ddof=1))
@@ -160,7 +167,7 @@ def test_cli_label_efficiency_end_to_end(balanced_data, tmp_path, capsys):
     rep = out / "report"
     assert (rep / "fig7_label_efficiency.png").stat().st_size > 0 and (rep / "fig7_label_efficiency.pdf").is_file()
     table = pd.read_csv(rep / "table3_label_efficiency.csv")
-    pd.testing.assert_series_equal(table.macro_f1_mean, summary.macro_f1_mean)
+    pd.testing.assert_series_equal(table.macro_f1_mean, everything.macro_f1_mean)
     assert "MobileNet α0.25 | 0 | 0.5 | 4 | 2 |" in (rep / "table3_label_efficiency.md").read_text()
     assert report.main([str(out), "--curve-metric", "nope"]) == 2
     assert "--curve-metric 'nope' is not a metric" in capsys.readouterr().err

@@ -264,9 +264,10 @@ def test_grid_frame_order_and_summary():
     assert stack.monotone.tolist() == [0, 1, 1, 1, 2]
     assert stack.in_slices(stack.monotone) == {"first": 4, "last": 6, "n_in": 3}
     assert stack.in_slices(stack.argmax) == {"first": 4, "last": 6, "n_in": 2}
-    assert stack.summary() == "ED: IN slices 4-6 of 5 (monotone); argmax 4-6 (argmax not in OAP-IN-OBS order)"
+    assert stack.summary() == ("ED: IN slices 4-6 of 5 (decoded); argmax 4-6 (argmax not in OAP-IN-OBS order); "
+                               "every slice IN (baseline): 3-7")
     none = fake_stack(proba=[[.9, .05, .05], [.1, .1, .8]], slices=[0, 1])
-    assert none.summary() == "ED: no IN slice of 2 (monotone); argmax no IN"
+    assert none.summary() == "ED: no IN slice of 2 (decoded); argmax no IN; every slice IN (baseline): 0-1"
 
 
 def test_probabilities_and_gradcam_of_the_argmax_class():
@@ -286,7 +287,9 @@ def test_probabilities_and_gradcam_of_the_argmax_class():
     a0 = np.arange(16, dtype=np.float32).reshape(4, 4) / 8
     a1 = np.ones((4, 4), np.float32) * 1.5
     x = np.stack([a0, a1, np.zeros((4, 4), np.float32)], axis=-1)[None]
-    proba, cams = predict.predict_batch(model, x, "fmap")
+    trained = predict.TrainedModel(Path("."), model, "mobilenet", 0, predict.SLICE_CLASSES, None, "fmap", {})
+    proba, features, cams = predict.predict_batch(trained, x)
+    assert features is None  # only a stack model reads pooled features
     assert proba.argmax() == 2  # logits (0, 0, (0.9375 + 10) - 0.5 * (1.5 + 10))
     assert np.allclose(proba, model.predict(x, verbose=0), atol=1e-6)
     cam = np.maximum(a0 - 0.5 * a1, 0)
