@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", choices=["2d", "2.5d"], default="2d",
                    help="2d: the slice in all three channels (the paper); 2.5d: apex-side neighbour, slice, base-side "
                         "neighbour as the three channels (stack ends repeat the slice)")
+    p.add_argument("--intensity-aug", type=float, metavar="G",
+                   help="contrast augmentation of training views, on top of the rotation: each view's windowed "
+                        "intensities through 255 (x / 255)^g with log g uniform in ±G (e.g. 0.4: g in 0.67..1.49); "
+                        "default: the profile's intensity_gamma (0, off)")
     p.add_argument("--epochs", type=int, help="override the profile's epoch count")
     p.add_argument("--folds", type=int, help="override the profile's number of CV folds")
     p.add_argument("--force", action="store_true", help="redo runs that already finished in OUT")
@@ -164,9 +168,12 @@ def _run(args: argparse.Namespace) -> int:
     from .jobs import make_executor
     from .profiles import get_profile
     from .registry import choose_weights, get_spec
-    profile = get_profile(args.profile).with_overrides(epochs=args.epochs, n_folds=args.folds)
+    profile = get_profile(args.profile).with_overrides(epochs=args.epochs, n_folds=args.folds,
+                                                      intensity_gamma=args.intensity_aug)
     if profile.epochs < 1 or profile.n_folds < 2:
         raise BenchmarkInputError("--epochs must be >= 1 and --folds >= 2")
+    if not 0 <= profile.intensity_gamma <= 2:  # beyond log g = 2 (g ~ 7.4) an image is nearly black or white
+        raise BenchmarkInputError(f"--intensity-aug must be between 0 and 2, got {profile.intensity_gamma:g}")
     if not 0 <= args.seed < 2**32:  # numpy and TensorFlow take seeds of 32 bits
         raise BenchmarkInputError(f"--seed must be between 0 and {2**32 - 1}, got {args.seed}")
     if args.repeats < 1 or (args.repeats > 1 and not args.train_fraction):

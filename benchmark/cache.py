@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from data_prep.atomic import atomic_dir
 from data_prep.manifest import file_sha256
 
-from .data import Dataset, prefetched, view_angle
+from .data import Augmentation, Dataset, prefetched
 from .infer import FeaturePass, in_precision, inference
 from .preprocess import Preprocessing
 from .registry import POOLED
@@ -43,8 +43,7 @@ class Views:
     draws: np.ndarray
 
     def angles(self, seed: int, max_deg: float) -> np.ndarray:
-        return np.array([0.0 if c < 0 else view_angle(seed, r, c, d, max_deg)
-                         for r, c, d in zip(self.rows, self.copies, self.draws)], dtype=np.float64)
+        return Augmentation(max_deg).of(seed, self.rows, self.copies, self.draws)[0]
 
     def digest(self) -> str:
         h = hashlib.sha256()
@@ -161,7 +160,7 @@ def _valid(directory: Path) -> dict | None:
 
 
 def cached_outputs(prefix: keras.Model | None, ds: Dataset, prep: Preprocessing, views: Views, *, cache_dir: Path,
-                   key: str, seed: int, rotation_deg: float, run: FeaturePass, dtype: str = "float16",
+                   key: str, seed: int, augmentation: Augmentation, run: FeaturePass, dtype: str = "float16",
                    describe: dict | None = None) -> list[np.ndarray]:
     """The prefix outputs for every view (prefix None: the preprocessed views themselves), computed once and
     memory-mapped from disk afterwards. `run` says at which precision and batch size the prefix runs; the
@@ -171,7 +170,7 @@ def cached_outputs(prefix: keras.Model | None, ds: Dataset, prep: Preprocessing,
     if meta is None:
         if directory.exists():
             print(f"cache {directory} is incomplete or corrupt: rebuilding", flush=True)
-        _build(prefix, ds, prep, views, directory, seed, rotation_deg, dtype, run, describe or {})
+        _build(prefix, ds, prep, views, directory, seed, augmentation, dtype, run, describe or {})
         meta = _valid(directory)
         if meta is None:
             raise OSError(f"cache {directory} failed its checksum right after writing (disk full?)")
@@ -179,17 +178,18 @@ def cached_outputs(prefix: keras.Model | None, ds: Dataset, prep: Preprocessing,
 
 
 def _build(prefix: keras.Model | None, ds: Dataset, prep: Preprocessing, views: Views, directory: Path, seed: int,
-           rotation_deg: float, dtype: str, run: FeaturePass, describe: dict) -> None:
+           augmentation: Augmentation, dtype: str, run: FeaturePass, describe: dict) -> None:
     with atomic_dir(directory) as tmp:
         shapes = output_shapes(prefix, prep)
         arrays = [np.lib.format.open_memmap(tmp / f"out{j}.npy", mode="w+", dtype=dtype, shape=(len(views), *shape))
                   for j, shape in enumerate(shapes)]
-        angles = views.angles(seed, rotation_deg)
+        angles, gammas = augmentation.of(seed, views.rows, views.copies, views.draws)
         # held here for the whole pass: inference() keeps no model alive
         net = None if prefix is None else in_precision(prefix, run.precision)
         forward = (lambda x: x) if net is None else inference(net)
         batch_size = run.batch_size
-        batches = prefetched(len(views), batch_size, lambda sl: ds.make_inputs(views.rows[sl], prep, angles[sl]))
+        batches = prefetched(len(views), batch_size, lambda sl: ds.make_inputs(views.rows[sl], prep, angles[sl],
+                                                                               gammas[sl]))
         for sl, x in tqdm(batches, total=-(-len(views) // batch_size), desc="feature pass", unit="batch", leave=False,
                           disable=bool(os.environ.get("TQDM_DISABLE")) or None):  # jobs.py sets it in workers
             y = forward(x)

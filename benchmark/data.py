@@ -173,14 +173,16 @@ class Dataset:
         apex, base = self._neighbours[i]
         return [self.native(apex), self.native(i), self.native(base)]
 
-    def make_input(self, i: int, prep: Preprocessing, angle: float = 0.0) -> np.ndarray:
-        return make_input(self.channels(i, prep.input_kind), prep, angle)
+    def make_input(self, i: int, prep: Preprocessing, angle: float = 0.0, gamma: float = 1.0) -> np.ndarray:
+        return make_input(self.channels(i, prep.input_kind), prep, angle, gamma)
 
-    def make_inputs(self, rows: Sequence[int], prep: Preprocessing,
-                    angles: Sequence[float] | None = None) -> np.ndarray:
-        """The inputs of several rows as one batch, each rotated by its angle (default: none)."""
+    def make_inputs(self, rows: Sequence[int], prep: Preprocessing, angles: Sequence[float] | None = None,
+                    gammas: Sequence[float] | None = None) -> np.ndarray:
+        """The inputs of several rows as one batch, each rotated by its angle and through its contrast curve
+        (default: neither)."""
         angles = np.zeros(len(rows)) if angles is None else angles
-        return np.stack([self.make_input(int(r), prep, a) for r, a in zip(rows, angles)])
+        gammas = np.ones(len(rows)) if gammas is None else gammas
+        return np.stack([self.make_input(int(r), prep, a, g) for r, a, g in zip(rows, angles, gammas)])
 
     def stacks(self, idx: np.ndarray) -> pd.DataFrame:
         return self.rows.loc[idx, ["patient", "frame", "slice"]].reset_index(drop=True)
@@ -409,6 +411,35 @@ class Slots:
         return len(self.rows)
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """How a training view differs from the plain image: a rotation uniform in ±rotation_deg and, with
+    intensity > 0, a contrast curve 255 (x / 255)^g with log g uniform in ±intensity (scanner and sequence
+    contrast varies between sites). Each view's values are pure functions of (seed, row, copy, draw)."""
+
+    rotation_deg: float
+    intensity: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.rotation_deg > 0 or self.intensity > 0
+
+    def of(self, seed: int, rows, copies, draws) -> tuple[np.ndarray, np.ndarray]:
+        """(angles, gammas) of views; a copy of -1 is the plain view (0 degrees, gamma 1)."""
+        angles = np.array([0.0 if c < 0 else view_angle(seed, r, c, d, self.rotation_deg)
+                           for r, c, d in zip(rows, copies, draws)], dtype=np.float64)
+        gammas = np.array([1.0 if c < 0 else view_gamma(seed, r, c, d, self.intensity)
+                           for r, c, d in zip(rows, copies, draws)], dtype=np.float64)
+        return angles, gammas
+
+
+def view_gamma(seed: int, row: int, copy: int, draw: int, intensity: float) -> float:
+    """The contrast-curve exponent of one view (Augmentation), from its own random stream."""
+    if intensity <= 0:
+        return 1.0
+    return float(np.exp(np.random.default_rng([seed, row, copy, draw, 1]).uniform(-intensity, intensity)))
+
+
 def view_angle(seed: int, row: int, copy: int, draw: int, max_deg: float) -> float:
     """The rotation of one view: a pure function of (seed, row, copy, draw), so any path can recreate it."""
     if max_deg <= 0:
@@ -446,12 +477,11 @@ class ImageInputs:
 
     in_memory = False
 
-    def __init__(self, ds: Dataset, prep: Preprocessing, seed: int, rotation_deg: float):
-        self.ds, self.prep, self.seed, self.rotation_deg = ds, prep, seed, rotation_deg
+    def __init__(self, ds: Dataset, prep: Preprocessing, seed: int, augmentation: Augmentation):
+        self.ds, self.prep, self.seed, self.augmentation = ds, prep, seed, augmentation
 
     def batch(self, rows, copies, draws) -> list[np.ndarray]:
-        angles = [view_angle(self.seed, r, c, d, self.rotation_deg) for r, c, d in zip(rows, copies, draws)]
-        return [self.ds.make_inputs(rows, self.prep, angles)]
+        return [self.ds.make_inputs(rows, self.prep, *self.augmentation.of(self.seed, rows, copies, draws))]
 
     def plain(self, rows) -> list[np.ndarray]:
         return [self.ds.make_inputs(rows, self.prep)]

@@ -125,6 +125,7 @@ def feature_pass_sweep(args: argparse.Namespace) -> int:
 
     from .cache import bank_views, cached_outputs, depth0_start, split_model
     from .data import (
+        Augmentation,
         Dataset,
         oversample_factors,
         prefetch_workers,
@@ -188,7 +189,8 @@ def feature_pass_sweep(args: argparse.Namespace) -> int:
                 network = reps * len(batch) / (time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 cached_outputs(prefix, ds, prep, views, cache_dir=Path(tmp), key=f"{precision}-{bs}", seed=0,
-                               rotation_deg=profile.rotation_deg, run=FeaturePass(precision, bs))
+                               augmentation=Augmentation(profile.rotation_deg, profile.intensity_gamma),
+                               run=FeaturePass(precision, bs))
                 end_to_end = time.perf_counter() - t0
                 print(f"  {precision:<15} batch {bs:>4}: network {network:8.0f} img/s, end-to-end "
                       f"{len(views) / end_to_end:8.0f} img/s ({end_to_end:.1f} s with compiling and image making), "

@@ -72,10 +72,19 @@ def backbone_preprocess(x: np.ndarray, mode: str) -> np.ndarray:
     raise ValueError(f"unknown preprocess mode {mode!r}")
 
 
-def make_input(channels: list[np.ndarray], prep: Preprocessing, angle_deg: float = 0.0) -> np.ndarray:
-    """One network input (size, size, 3) from 1 (2D) or 3 (2.5D: apex-side, slice, base-side) native slices."""
-    planes = [crop_resize(rotate(window(c, prep.window), angle_deg), prep.crop_fraction, prep.input_size)
-              for c in channels]
+def gamma_curve(img: np.ndarray, gamma: float) -> np.ndarray:
+    """A windowed [0, 255] image through the contrast curve 255 (x / 255)^gamma (gamma 1: unchanged)."""
+    if gamma == 1.0:
+        return img
+    return (255.0 * np.power(img / 255.0, gamma)).astype(np.float32)
+
+
+def make_input(channels: list[np.ndarray], prep: Preprocessing, angle_deg: float = 0.0,
+               gamma: float = 1.0) -> np.ndarray:
+    """One network input (size, size, 3) from 1 (2D) or 3 (2.5D: apex-side, slice, base-side) native slices;
+    `angle_deg` and `gamma` are a training view's augmentation (data.Augmentation)."""
+    planes = [crop_resize(rotate(gamma_curve(window(c, prep.window), gamma), angle_deg), prep.crop_fraction,
+                          prep.input_size) for c in channels]
     if len(planes) == 1:
         planes = planes * 3
     return backbone_preprocess(np.stack(planes, axis=-1), prep.mode)

@@ -26,6 +26,8 @@ class Profile:
     dropout: float = 0.5
     oversample: int = 6                 # paper text says 6; the authors' code used 5
     rotation_deg: float = 45.0
+    # contrast augmentation of training views: gamma with log gamma uniform in ±intensity_gamma (0: off)
+    intensity_gamma: float = 0.0
     bank_views: int = 4                 # K distinct rotated views per training slot in the cached path
     selection_metric: str = "macro_f1"  # fold-averaged validation metric that picks LR and epoch count
     test_fraction: float = 0.2

@@ -39,7 +39,7 @@ from data_prep import atomic
 from .cache import (CachedInputs, Views, bank_views, bytes_per_view, cache_key, cached_outputs, depth0_start,
                     plain_views, split_model, weights_fingerprint)
 from .cpus import usable_cpus
-from .data import BenchmarkInputError, Dataset, ImageInputs, Slots, folds_frame, oversample_factors
+from .data import Augmentation, BenchmarkInputError, Dataset, ImageInputs, Slots, folds_frame, oversample_factors
 from .baselines import baseline_metrics, baseline_predictions
 from .decode import Decoding, decode_stacks, tune_decoding
 from .infer import feature_pass, predict
@@ -95,7 +95,11 @@ class Experiment:
 
     @property
     def augment(self) -> bool:
-        return self.profile.rotation_deg > 0
+        return self.augmentation.active
+
+    @property
+    def augmentation(self) -> Augmentation:
+        return Augmentation(self.profile.rotation_deg, self.profile.intensity_gamma)
 
     @property
     def factors(self) -> np.ndarray:
@@ -227,7 +231,7 @@ class ModelRun:
             self._input_state = self._cached_inputs() if self.cacheable else None
         if self._input_state is None:
             exp = self.exp
-            self._input_state = (self.model, ImageInputs(exp.ds, self.prep, exp.seed, self.profile.rotation_deg),
+            self._input_state = (self.model, ImageInputs(exp.ds, self.prep, exp.seed, exp.augmentation),
                                  None)
         return self._input_state
 
@@ -251,10 +255,11 @@ class ModelRun:
                         prep=self.prep.key(), data=exp.ds.content_sha256, views=views.digest(),
                         start=model.layers[self.start].name if prefix is not None else "input", seed=exp.seed,
                         rotation=p.rotation_deg, dtype=p.cache_dtype, precision=run.precision,
-                        keras=keras.__version__)
+                        keras=keras.__version__,
+                        **({"intensity": p.intensity_gamma} if p.intensity_gamma else {}))
         t0 = time.perf_counter()
         arrays = cached_outputs(prefix, exp.ds, self.prep, views, cache_dir=exp.cache_dir, key=key, seed=exp.seed,
-                                rotation_deg=p.rotation_deg, run=run, dtype=p.cache_dtype,
+                                augmentation=exp.augmentation, run=run, dtype=p.cache_dtype,
                                 describe={"backbone": self.spec.key, "run": self.name, "bytes_per_view": per_view})
         self.timing["feature_pass_s"] = self.timing.get("feature_pass_s", 0.0) + time.perf_counter() - t0
         self.timing["cache_bytes_per_view"] = per_view

@@ -188,3 +188,17 @@ def test_several_sources_are_stratified_and_refused_when_they_clash(two_sources,
         Dataset.load_many([a, same_name])
     with pytest.raises(BenchmarkInputError, match="also in --data"):
         _load_split([a, b], 0, [b], None, None, 2)
+
+
+def test_intensity_augmentation_by_hand():
+    from benchmark.data import Augmentation, view_gamma
+    from benchmark.preprocess import gamma_curve
+    img = np.array([[0.0, 63.75, 127.5, 255.0]], np.float32)
+    np.testing.assert_allclose(gamma_curve(img, 2.0), [[0.0, 15.9375, 63.75, 255.0]], rtol=1e-6)
+    assert gamma_curve(img, 1.0) is img
+    g = [view_gamma(0, r, c, d, 0.4) for r in range(4) for c in range(2) for d in range(3)]
+    assert all(np.exp(-0.4) <= x <= np.exp(0.4) for x in g) and len(set(g)) == len(g)
+    assert view_gamma(0, 1, 0, 0, 0.4) == view_gamma(0, 1, 0, 0, 0.4) and view_gamma(0, 1, 0, 0, 0.0) == 1.0
+    angles, gammas = Augmentation(45.0, 0.4).of(0, [1, 1], [-1, 0], [0, 0])
+    assert angles[0] == 0.0 and gammas[0] == 1.0  # the plain view is never augmented
+    assert gammas[1] == view_gamma(0, 1, 0, 0, 0.4) and not Augmentation(0.0).active
