@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.offline:  # the environment, so that worker processes see it too
         from .weights import OFFLINE_ENV
         os.environ[OFFLINE_ENV] = "1"
+    from .tf_quiet import quiet_tensorflow
+    quiet_tensorflow()  # before the registry brings TensorFlow in
     from data_prep.errors import DataPrepError
     from .data import BenchmarkInputError
     from .registry import WeightsMissing

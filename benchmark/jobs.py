@@ -41,6 +41,7 @@ from .data import BenchmarkInputError
 from .protocol import Experiment, ModelRun, run_name
 from .registry import get_spec
 from .stack import StackRun, stack_run_name
+from .tf_quiet import quiet_tensorflow
 
 RETRIES = 1
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -161,7 +162,7 @@ def execute(exp: Experiment, job: Job) -> float:
 def _quiet_worker() -> None:
     """Worker processes print no progress bars (they would interleave); the driver prints one line per job."""
     os.environ["TQDM_DISABLE"] = "1"
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    quiet_tensorflow()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when workers stop
 
 

@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", default="64,512", help="comma-separated batch sizes for --feature-pass")
     p.add_argument("--max-views", type=int, help="--feature-pass: use at most this many views of the bank")
     args = p.parse_args(argv)
+    from .tf_quiet import quiet_tensorflow
+    quiet_tensorflow()
     if args.feature_pass:
         return feature_pass_sweep(args)
 

@@ -147,7 +147,9 @@ def read_model_json(directory: Path) -> tuple[dict[str, Any], Preprocessing]:
     for name in MODEL_FILES:
         if not (directory / name).is_file():
             raise BenchmarkInputError(f"{directory / name} not found: --model takes a run directory written by "
-                                      f"`python -m benchmark` (RUN_DIR/model/model.keras and model.json)")
+                                      f"`python -m benchmark` (RUN_DIR/model/model.keras and model.json; results "
+                                      f"copied without weights hold none); without --model, predict uses the "
+                                      f"released reference model")
     path = directory / "model.json"
     try:
         meta = json.loads(path.read_text())
@@ -188,7 +190,8 @@ def check_model(path: str | os.PathLike, timing: dict[str, float]) -> tuple[Path
     if not directory.is_dir():
         raise BenchmarkInputError(f"--model {path}: no such directory")
     t0 = time.perf_counter()
-    import keras  # noqa: F401  (timed here: the TensorFlow import dominates a short run)
+    from .tf_quiet import quiet_tensorflow
+    quiet_tensorflow()  # timed here: the TensorFlow import dominates a short run
     timing["tensorflow_import_s"] = time.perf_counter() - t0
     meta, prep = read_model_json(directory)
     return directory, meta, prep
@@ -572,9 +575,9 @@ def draw_stack(fig, stack: StackPrediction, classes: Sequence[str], mode: str, t
 
 
 def stack_title(stack: StackPrediction, trained: TrainedModel, extra: str = "") -> str:
+    cam = "the per-slice model's argmax class" if trained.stack is not None else "the argmax class"
     return (f"{stack.summary()}   [model: {trained.name}]\n"
-            f"apex -> base; tag and border: monotone label; bars: class probabilities; Grad-CAM of the argmax "
-            f"class{extra}")
+            f"apex -> base; tag and border: decoded label; bars: class probabilities; Grad-CAM of {cam}{extra}")
 
 
 def write_report(path: Path, stack: StackPrediction, trained: TrainedModel) -> Path:

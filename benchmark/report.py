@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow loads: its C++ chatter hides our lines
+from .tf_quiet import quiet_tensorflow
+
+quiet_tensorflow()  # the tables import the engine, and with it TensorFlow: without its C++ start-up lines
 
 import argparse
 import functools
