@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "OUT/label_efficiency.csv. Default: the whole training pool, as usual")
     p.add_argument("--repeats", type=int, default=1,
                    help="subsets drawn per fraction with --train-fraction, repeat R seeded by (--seed, R) (default 1)")
+    v = p.add_mutually_exclusive_group()
+    v.add_argument("-q", "--quiet", action="store_true",
+                   help="console: warnings and errors only (OUT/benchmark.log still gets every line)")
+    v.add_argument("-v", "--verbose", action="store_true", help="console: also debugging detail")
     x = p.add_argument_group("executing the job graph (CV fits, selection, fold models, final fit, test)")
     x.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local (default): this machine; ray: Ray tasks on a local instance or the cluster at "
@@ -143,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         import importlib
         return importlib.import_module(f".{argv[0]}", __package__).main(argv[1:])
     args = build_parser().parse_args(argv)
+    from .log import close_files, setup
+    setup(args.verbose - args.quiet)
     if args.offline:  # the environment, so that worker processes see it too
         from .weights import OFFLINE_ENV
         os.environ[OFFLINE_ENV] = "1"
@@ -162,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("benchmark: interrupted; finished jobs are kept and a re-run resumes", file=sys.stderr)
         return 130
+    finally:
+        close_files()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -212,8 +220,9 @@ def _run(args: argparse.Namespace) -> int:
                               use_cache=profile.cache and not args.no_cache, test_data=args.test_data,
                               test_fraction=args.test_fraction, cache_dir=args.cache_dir, input_kind=args.input,
                               task=args.task, target=args.target)
+        log = _log_to(args.out)  # every input checked: the run starts
         summary = run_grid(exp, pairs, force=args.force, executor=executor)
-    print(f"summary: {args.out / 'summary.csv'}")
+    log.info(f"summary: {args.out / 'summary.csv'}")
     failed = summary[~summary["status"].isin(FINISHED)] if not summary.empty else summary
     return 1 if len(failed) else 0
 
@@ -225,13 +234,21 @@ def _label_efficiency(args: argparse.Namespace, profile, pairs, data: Path, exec
                                      repeats=args.repeats, test_data=args.test_data,
                                      test_fraction=args.test_fraction, cache_dir=args.cache_dir,
                                      input_kind=args.input, task=args.task, target=args.target)
+    log = _log_to(args.out)
     for i, s in enumerate(subsets, 1):
-        print(f"== fraction {s.fraction:g}, repeat {s.repeat} ({len(s.exp.data_desc['subset_patients'])} training "
-              f"patients) [{i}/{len(subsets)}]", flush=True)
+        log.info(f"== fraction {s.fraction:g}, repeat {s.repeat} ({len(s.exp.data_desc['subset_patients'])} "
+                 f"training patients) [{i}/{len(subsets)}]")
         run_grid(s.exp, pairs, force=args.force, executor=executor)
     df = write_label_efficiency(args.out, subsets)
-    print(f"label efficiency: {args.out / 'label_efficiency.csv'}, {args.out / 'label_efficiency_summary.md'}")
+    log.info(f"label efficiency: {args.out / 'label_efficiency.csv'}, {args.out / 'label_efficiency_summary.md'}")
     return 1 if df.empty or (~df["status"].isin(FINISHED)).any() else 0
+
+
+def _log_to(out: Path):
+    from .log import get, log_to
+    log = get("run")
+    log.debug(f"logging to {log_to(out)}")
+    return log
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from data_prep.manifest import file_sha256
 
 from .data import Augmentation, Dataset, prefetched
 from .infer import FeaturePass, in_precision, inference
+from .log import get as get_log
 from .preprocess import Preprocessing
 from .registry import POOLED
 
@@ -169,7 +170,7 @@ def cached_outputs(prefix: keras.Model | None, ds: Dataset, prep: Preprocessing,
     meta = _valid(directory)
     if meta is None:
         if directory.exists():
-            print(f"cache {directory} is incomplete or corrupt: rebuilding", flush=True)
+            get_log("cache").warning(f"cache {directory} is incomplete or corrupt: rebuilding")
         _build(prefix, ds, prep, views, directory, seed, augmentation, dtype, run, describe or {})
         meta = _valid(directory)
         if meta is None:

@@ -27,6 +27,7 @@ from data_prep.errors import DataPrepError
 from data_prep.manifest import check_finite, dataset_classes, file_sha256, labelled, load_image, read_manifest, MANIFEST
 
 from .cpus import usable_cpus
+from .log import get as get_log
 from .preprocess import Preprocessing, make_input
 
 T = TypeVar("T")
@@ -41,7 +42,7 @@ def synthetic_default(patients: int, seed: int = 0) -> Path:
     from data_prep import synthetic
     path = default_cache_root() / f"synthetic-p{patients}-s{seed}"
     if not (path / "manifest.csv").is_file():
-        print(f"generating the synthetic default ({patients} patients) in {path}", flush=True)
+        get_log("data").info(f"generating the synthetic default ({patients} patients) in {path}")
         synthetic.generate(path, patients=patients, seed=seed, overwrite=True)
     return path
 

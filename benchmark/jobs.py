@@ -35,13 +35,18 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+from tqdm.auto import tqdm
+
 from data_prep import atomic
 from data_prep.errors import DataPrepError
 from .data import BenchmarkInputError
 from .protocol import Experiment, ModelRun, run_name
 from .registry import get_spec
 from .stack import StackRun, stack_run_name
+from .log import get as get_log
 from .tf_quiet import quiet_tensorflow
+
+LOG = get_log("jobs")
 
 RETRIES = 1
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -305,7 +310,10 @@ def run_jobs(exp: Experiment, pairs: list[tuple[str, int]], executor: Executor, 
     total, n_done = len(todo), 0
     for name, is_done in finished.items():
         if is_done:
-            print(f"{name}: finished earlier ({_scores(exp, name)}), skipped", flush=True)
+            LOG.info(f"{name}: finished earlier ({_scores(exp, name)}), skipped")
+    # a bar with the ETA over the whole graph on a terminal (tqdm leaves it out when stderr is not one)
+    bar = tqdm(total=total, desc=f"{exp.out.name}: jobs", unit="job", leave=False, file=sys.stderr,
+               disable=bool(os.environ.get("TQDM_DISABLE")) or None)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         while todo or inflight:
@@ -325,20 +333,22 @@ def run_jobs(exp: Experiment, pairs: list[tuple[str, int]], executor: Executor, 
                     _stop_on_fatal(result)
                     attempts[job] = attempts.get(job, 0) + 1
                     if attempts[job] <= RETRIES:
-                        print(f"{job}: FAILED ({result}); retrying", file=sys.stderr, flush=True)
+                        LOG.warning(f"{job}: FAILED ({result}); retrying")
                         todo.insert(0, job)
                     else:
                         failed[job.run] = f"{job}: " + "".join(traceback.format_exception(result))
-                        print(f"{job.run}: FAILED in {job.step}: {result} (see {exp.out / job.run / 'error.txt'})",
-                              file=sys.stderr, flush=True)
+                        LOG.warning(f"{job.run}: FAILED in {job.step}: {result} (see "
+                                    f"{exp.out / job.run / 'error.txt'})")
                     continue
                 done.add(job)
                 n_done += 1
                 line = f"[{n_done}/{total}] {job} ({result:.1f} s)"
                 if job.step == "test":
                     line += f": {_scores(exp, job.run)}"
-                print(line, flush=True)
+                bar.update()
+                LOG.info(line)
     finally:
+        bar.close()
         signal.signal(signal.SIGTERM, previous)
     for name, error in failed.items():
         atomic.write_text(exp.out / name / "error.txt", error)

@@ -43,6 +43,7 @@ from .data import Augmentation, BenchmarkInputError, Dataset, ImageInputs, Slots
 from .baselines import baseline_metrics, baseline_predictions
 from .decode import Decoding, decode_stacks, tune_decoding
 from .infer import feature_pass, predict
+from .log import get as get_log
 from .metrics import classification_metrics, range_metrics, regression_metrics
 from .preprocess import Preprocessing
 from .profiles import Profile
@@ -247,8 +248,8 @@ class ModelRun:
         views = exp.cache_views(p.bank_views)
         need = per_view * len(views) * 3  # on disk, plus the float32 copy training reads from memory
         if need > p.cache_budget_gb * 2**30:
-            print(f"{self.name}: cache would need {need / 2**30:.1f} GiB (> cache_budget_gb "
-                  f"{p.cache_budget_gb}); using the per-epoch path", flush=True)
+            get_log("protocol").warning(f"{self.name}: cache would need {need / 2**30:.1f} GiB (> cache_budget_gb "
+                                        f"{p.cache_budget_gb}); using the per-epoch path")
             return None
         run = feature_pass(p.feature_precision, p.feature_batch)
         key = cache_key(backbone=self.spec.key, weights=weights_fingerprint(self.weights_path),
