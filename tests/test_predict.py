@@ -318,7 +318,7 @@ def test_viewer_keys():
     fig = Figure()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     FigureCanvasAgg(fig)
-    viewer = predict.PredictionViewer(stacks, SimpleNamespace(name="m", classes=CLASSES), fig=fig)
+    viewer = predict.PredictionViewer(stacks, SimpleNamespace(name="m", classes=CLASSES, stack=None), fig=fig)
 
     def images_per_tile():
         return max(len(ax.images) for ax in fig.axes)
