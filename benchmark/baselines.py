@@ -66,11 +66,12 @@ class PositionModel:
         return out
 
 
-def scores(y: np.ndarray, proba: np.ndarray, pred: np.ndarray, stacks: pd.DataFrame,
-           classes: Sequence[str]) -> dict[str, Any]:
+def scores(y: np.ndarray, proba: np.ndarray, pred: np.ndarray, stacks: pd.DataFrame, classes: Sequence[str],
+           keys: Sequence[str] = BASELINE_KEYS) -> dict[str, Any]:
+    """`keys` of the class and IN-range metrics of labels `pred` (with the probabilities they came from)."""
     m = classification_metrics(y, proba, classes, y_pred=pred)
     m.update(range_metrics(y, pred, stacks))
-    return {k: m[k] for k in BASELINE_KEYS}
+    return {k: m[k] for k in keys}
 
 
 def position_baseline(train: pd.DataFrame, y_train: np.ndarray, folds: Sequence[tuple[np.ndarray, np.ndarray]],

@@ -92,10 +92,14 @@ def decode_stacks(proba, stacks) -> np.ndarray:
     p = np.asarray(proba, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != 3:
         raise ValueError(f"decode_stacks: expected (n, 3) probabilities (OAP, IN, OBS), got shape {p.shape}")
-    table = stack_table(stacks, len(p))
-    labels = np.empty(len(p), dtype=np.int64)
-    for rows in stack_groups(table):
-        labels[rows] = monotone_decode(p[rows])
+    return per_stack(p, stack_groups(stack_table(stacks, len(p))), monotone_decode)
+
+
+def per_stack(proba: np.ndarray, groups: list[np.ndarray], decode) -> np.ndarray:
+    """Labels in row order from `decode` (one stack's probabilities -> its labels) applied to each stack's rows."""
+    labels = np.empty(len(proba), dtype=np.int64)
+    for rows in groups:
+        labels[rows] = decode(proba[rows])
     return labels
 
 
@@ -137,10 +141,7 @@ class Decoding:
     def apply(self, proba, stacks) -> np.ndarray:
         """Labels of every row (see `decode_stacks` for `stacks`), in the input row order."""
         p = np.asarray(proba, dtype=np.float64)
-        labels = np.empty(len(p), dtype=np.int64)
-        for rows in stack_groups(stack_table(stacks, len(p))):
-            labels[rows] = self.decode_stack(p[rows])
-        return labels
+        return per_stack(p, stack_groups(stack_table(stacks, len(p))), self.decode_stack)
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "offsets": [float(v) for v in self.offsets]}
@@ -189,10 +190,7 @@ def tune_decoding(proba, y, stacks, grid: Sequence[float] = OFFSET_GRID) -> tupl
         for a in grid:
             for b in grid:
                 d = Decoding(kind, (float(a), 0.0, float(b)))
-                pred = np.empty(len(p), dtype=np.int64)
-                for rows in groups:
-                    pred[rows] = d.decode_stack(p[rows])
-                exact, within = stack_range_hits(y, pred, groups)
+                exact, within = stack_range_hits(y, per_stack(p, groups, d.decode_stack), groups)
                 if not exact.size:
                     raise ValueError("tune_decoding: no stack with a true IN slice to tune on")
                 scores = (float(exact.mean()), float(within.mean()))
@@ -203,6 +201,6 @@ def tune_decoding(proba, y, stacks, grid: Sequence[float] = OFFSET_GRID) -> tupl
                     best_key, best = key, (d, scores)
     decoding, (exact_rate, within_rate) = best
     return decoding, {**decoding.to_dict(), "tuned_on": "out-of-fold validation predictions",
-                      "n_stacks": len(stack_range_hits(y, p.argmax(1), groups)[0]),
+                      "n_stacks": int(exact.size),  # the stacks with a true IN slice, the same for every decoding
                       "val_range_exact": exact_rate, "val_range_within1": within_rate,
                       "val_range_exact_plain_monotone": plain[0] if plain else float("nan")}

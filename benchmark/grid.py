@@ -1,6 +1,7 @@
 """The run grid: which (backbone, depth) runs an invocation makes, the shared Experiment, and the summary table."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -208,10 +209,15 @@ def write_summary(out: Path) -> pd.DataFrame:
     return df
 
 
+@functools.cache
+def _paper_order() -> dict[str, int]:
+    return {run_name(get_spec(k), d): i for i, (k, d) in enumerate(plan(["all"], "both"))}
+
+
 def run_order(name: str) -> float:
     """Where a run sits in tables: the paper's model order, each stack model right after its per-slice run, then
     unknown names, then the baselines."""
-    order = {run_name(get_spec(k), d): i for i, (k, d) in enumerate(plan(["all"], "both"))}
+    order = _paper_order()
     if name.startswith("baseline_"):
         return len(order) + 1
     if name.endswith(STACK_SUFFIX):

@@ -105,7 +105,7 @@ class TrainedModel:
     meta: dict[str, Any]
     decoding: Decoding = field(default_factory=Decoding)  # chosen on validation (model.json), else plain monotone
     stack: Any = None                # the stack-context model (stack.py) of a <backbone>_d0+stack run
-    features: Any = None             # image -> pooled features, what the stack model reads
+    with_features: Any = None        # image -> (probabilities, pooled features): what a stack model reads, one pass
 
     @property
     def name(self) -> str:
@@ -113,8 +113,10 @@ class TrainedModel:
 
     def probabilities(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(per-slice class probabilities, pooled features where a stack model reads them) of a batch."""
-        proba = np.asarray(self.model(x, training=False))
-        return proba, None if self.features is None else np.asarray(self.features(x, training=False))
+        if self.with_features is None:
+            return np.asarray(self.model(x, training=False)), None
+        proba, features = self.with_features(x, training=False)
+        return np.asarray(proba), np.asarray(features)
 
 
 REFERENCE = Path(__file__).resolve().parent / "reference"
@@ -221,16 +223,16 @@ def load_trained(directory: Path, meta: dict[str, Any], prep: Preprocessing) -> 
     except (KeyError, TypeError, ValueError) as exc:
         raise BenchmarkInputError(f"{directory / 'model.json'}: unreadable decoding {meta['decoding']!r} "
                                   f"({exc})") from None
-    stack = features = None
+    stack = with_features = None
     if "stack" in meta:
         stack_file = directory / meta["stack"]["file"]
         try:
             stack = keras.saving.load_model(stack_file, compile=False)
         except Exception as exc:  # as for model.keras: many exception types
             raise BenchmarkInputError(f"{stack_file}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
-        features = keras.Model(model.input, model.get_layer(POOLED).output)
+        with_features = keras.Model(model.input, [model.output, model.get_layer(POOLED).output])
     return TrainedModel(directory, model, spec.key, meta["depth"], SLICE_CLASSES, prep,
-                        cam_layer_name(model, spec), meta, decoding, stack, features)
+                        cam_layer_name(model, spec), meta, decoding, stack, with_features)
 
 
 def architecture_mismatch(model, spec) -> str | None:

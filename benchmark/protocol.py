@@ -40,7 +40,7 @@ from .cache import (CachedInputs, Views, bank_views, bytes_per_view, cache_key, 
                     plain_views, split_model, weights_fingerprint)
 from .cpus import usable_cpus
 from .data import Augmentation, BenchmarkInputError, Dataset, ImageInputs, Slots, folds_frame, oversample_factors
-from .baselines import baseline_metrics, baseline_predictions
+from .baselines import baseline_metrics, baseline_predictions, scores
 from .decode import Decoding, decode_stacks, tune_decoding
 from .infer import feature_pass, predict
 from .log import get as get_log
@@ -56,6 +56,7 @@ RESULTS_FORMAT = 1
 SLICE_CLASSES = ("OAP", "IN", "OBS")
 # a CV job's validation outputs per epoch, from which the run's decoding is tuned
 VAL_OUTPUT = "val_output.npy"
+SOURCE_KEYS = ("macro_f1", "range_exact", "range_within1", "boundary_mae", "n_stacks")  # by_source, per test source
 
 # ~0.5 s of head training on this 2-core machine (0.5 ms a step), about what tracing a Trainer's functions costs
 MIN_THREADED_FIT_STEPS = 1000
@@ -448,16 +449,20 @@ class ModelRun:
 
     def _tuned_decoding(self, sel: dict[str, Any]) -> dict[str, Any]:
         """The decoding tuned on the out-of-fold validation outputs at the selected LR and epoch count."""
-        probas, rows = [], []
-        for k, (_, va) in enumerate(self.exp.folds):
+        probas = []
+        for k in range(len(self.exp.folds)):
             path = self._job_dir(job_dir_name("cv", sel["lr"], k)) / VAL_OUTPUT
             if not path.is_file():  # CV jobs of an older version kept no outputs
                 return {**Decoding().to_dict(), "tuned_on": f"nothing ({path.name} of fold {k} missing)"}
             probas.append(np.load(path)[sel["epochs"] - 1].astype(np.float64))
-            rows.append(va)
-        pool = np.concatenate(rows)
-        return tune_decoding(np.concatenate(probas), self.exp.ds.rows.y.to_numpy()[pool],
-                             self.exp.ds.stacks(pool))[1]
+        return decoding_on_folds(self.exp, probas)[1]
+
+    def decoding(self) -> Decoding | None:
+        """How this run's class probabilities become IN ranges (selection.json; plain monotone where an older
+        selection recorded none); None without slice ranges."""
+        if not self.exp.slice_ranges:
+            return None
+        return Decoding.from_dict(self.selection().get("decoding", Decoding().to_dict()))
 
     def fold_head(self, fold: int) -> dict[str, list[np.ndarray]]:
         """Depth-0 model of one fold at the selected LR and epochs (what a depth-1 fold starts from)."""
@@ -512,8 +517,7 @@ class ModelRun:
             "results_format": RESULTS_FORMAT, "backbone": self.spec.key, "depth": self.depth,
             "classes": list(self.classes), **self.task.describe(), "outputs": self._output_columns(),
             "preprocessing": self.prep.key(), "code_version": code_version(), "keras": keras.__version__,
-            **({"decoding": Decoding.from_dict(self.selection()["decoding"]).to_dict()}
-               if "decoding" in self.selection() else {})})
+            **({"decoding": decoding.to_dict()} if (decoding := self.decoding()) else {})})
 
     def _output_columns(self) -> list[str]:
         """What each column of the model's output is (the target in its own units, see registry.head)."""
@@ -552,9 +556,8 @@ class ModelRun:
         out = ds.rows.loc[rows, ["patient", "frame", "slice", "label"]].reset_index(drop=True)
         metrics: dict[str, Any] = {}
         if task.has_classes:
-            decoding = (Decoding.from_dict(self.selection().get("decoding", Decoding().to_dict()))
-                        if self.exp.slice_ranges else None)
-            columns, metrics = class_test(ds, rows, output[:, :len(self.classes)], self.classes, decoding, self.exp)
+            columns, metrics = class_test(ds, rows, output[:, :len(self.classes)], self.classes, self.decoding(),
+                                          self.exp)
             for name, values in columns.items():
                 out[name] = values
         if task.has_target:
@@ -646,7 +649,8 @@ def class_test(ds: Dataset, rows: np.ndarray, proba: np.ndarray, classes: tuple[
     if decoding is None:
         return columns, metrics
     metrics.update(range_metrics(y, pred, stacks))
-    for key, labels in (("monotone", decode_stacks(proba, stacks)), ("decoded", decoding.apply(proba, stacks))):
+    decoded = decoding.apply(proba, stacks)
+    for key, labels in (("monotone", decode_stacks(proba, stacks)), ("decoded", decoded)):
         columns[key] = [classes[i] for i in labels]
         m = classification_metrics(y, proba, classes, y_pred=labels, stacks=stacks)
         m.update(range_metrics(y, labels, stacks))
@@ -657,23 +661,22 @@ def class_test(ds: Dataset, rows: np.ndarray, proba: np.ndarray, classes: tuple[
         columns[f"baseline_{name}"] = [classes[i] for i in labels]
     metrics["baselines"] = baseline_metrics(baselines, y, ds.rows.iloc[rows], classes)
     sources = ds.sources[rows]
-    if len(set(sources)) > 1:
+    if len(set(sources)) > 1:  # each source's figures beside the baselines' on its own stacks
+        labelled = {"decoded": decoded, **{f"baseline_{b}": labels for b, (_, labels, _) in baselines.items()}}
         metrics["by_source"] = {}
         for name in sorted(set(sources)):
             at = np.flatnonzero(sources == name)
-            part = {"decoded": columns["decoded"], **{f"baseline_{b}": columns[f"baseline_{b}"] for b in baselines}}
-            scores = {key: per_source_scores(y[at], proba[at], np.array([classes.index(c) for c in np.asarray(
-                labels)[at]]), stacks.iloc[at].reset_index(drop=True), classes) for key, labels in part.items()}
-            metrics["by_source"][name] = scores
+            metrics["by_source"][name] = {
+                key: scores(y[at], proba[at], labels[at], stacks.iloc[at].reset_index(drop=True), classes,
+                            SOURCE_KEYS) for key, labels in labelled.items()}
     return columns, metrics
 
 
-def per_source_scores(y: np.ndarray, proba: np.ndarray, pred: np.ndarray, stacks: pd.DataFrame,
-                      classes: tuple[str, ...]) -> dict[str, Any]:
-    """Macro-F1 and the IN-range figures of one source's test rows."""
-    m = classification_metrics(y, proba, classes, y_pred=pred)
-    m.update(range_metrics(y, pred, stacks))
-    return {k: m[k] for k in ("macro_f1", "range_exact", "range_within1", "boundary_mae", "n_stacks")}
+def decoding_on_folds(exp: Experiment, fold_outputs: list[np.ndarray]) -> tuple[Decoding, dict[str, Any]]:
+    """The decoding tuned (decode.tune_decoding) on out-of-fold validation outputs, one array per fold of
+    `exp.folds` with its validation rows in fold order."""
+    pool = np.concatenate([va for _, va in exp.folds])
+    return tune_decoding(np.concatenate(fold_outputs), exp.ds.rows.y.to_numpy()[pool], exp.ds.stacks(pool))
 
 
 def write_class_test(directory: Path, ds: Dataset, rows: np.ndarray, proba: np.ndarray, classes: tuple[str, ...],

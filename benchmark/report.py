@@ -410,24 +410,34 @@ def _class_intervals(run: Run, n_boot: int, seed: int) -> dict[str, tuple[float,
     groups = stacks["patient"].to_numpy()
     out: dict[str, tuple[float, float]] = {}
     for prefix, pred in decodings.items():
-        scores = _memo(lambda idx, pred=pred: classification_metrics(y[idx], proba[idx], run.classes, y_pred=pred[idx]))
         keys = [f"f1_{c.lower()}" for c in run.classes] + ["macro_f1", "accuracy"]
         if not prefix:
             keys += ["auc_micro", "auc_weighted"]
-        for key in keys:
-            out[prefix + key] = bootstrap_ci(lambda idx, key=key, scores=scores: scores(idx)[key], groups, n_boot,
-                                             seed)
+        out.update({prefix + k: ci for k, ci in _label_intervals(y, proba, pred, run.classes, groups, keys, n_boot,
+                                                                  seed).items()})
         if "soft_accuracy" in run.metrics:
             correct = soft_correct(y, pred, stacks).astype(np.float64)
             out[prefix + "soft_accuracy"] = bootstrap_ci(lambda idx: float(correct[idx].mean()), groups, n_boot,
                                                          seed)
         if not math.isnan(run.metric("range_exact")):
-            per_stack = per_stack_range(y, pred, stacks)
-            stack_groups = per_stack["patient"].to_numpy()
-            for key, _ in RANGE_METRICS:
-                values = per_stack[key].to_numpy(dtype=np.float64)
-                out[prefix + key] = bootstrap_ci(lambda idx, v=values: _nanmean(v[idx]), stack_groups, n_boot, seed)
+            out.update({prefix + k: ci for k, ci in _range_intervals(y, pred, stacks, n_boot, seed).items()})
     return out
+
+
+def _label_intervals(y: np.ndarray, proba: np.ndarray, pred: np.ndarray, classes: Sequence[str], groups: np.ndarray,
+                     keys: Sequence[str], n_boot: int, seed: int) -> dict[str, tuple[float, float]]:
+    """Patient-bootstrap CIs of classification_metrics `keys` of labels `pred`, one metrics call per replicate."""
+    scores = _memo(lambda idx: classification_metrics(y[idx], proba[idx], classes, y_pred=pred[idx]))
+    return {key: bootstrap_ci(lambda idx, key=key: scores(idx)[key], groups, n_boot, seed) for key in keys}
+
+
+def _range_intervals(y: np.ndarray, pred: np.ndarray, stacks: pd.DataFrame, n_boot: int,
+                     seed: int) -> dict[str, tuple[float, float]]:
+    """Patient-bootstrap CIs of the IN-range metrics of labels `pred`, per-stack values computed once."""
+    per_stack = per_stack_range(y, pred, stacks)
+    groups = per_stack["patient"].to_numpy()
+    return {key: bootstrap_ci(lambda idx, v=per_stack[key].to_numpy(dtype=np.float64): _nanmean(v[idx]), groups,
+                              n_boot, seed) for key, _ in RANGE_METRICS}
 
 
 def check_predictions(run: Run) -> list[str]:
@@ -573,16 +583,10 @@ def baseline_rows(runs: Sequence[Run], n_boot: int, seed: int) -> list[dict[str,
         column = f"baseline_{name}"
         if column in df and n_boot:
             pred = df[column].map(index).to_numpy(dtype=np.int64)
-            f1 = _memo(lambda idx, pred=pred: classification_metrics(y[idx], proba[idx], run.classes,
-                                                                     y_pred=pred[idx]))
-            row["dec_macro_f1_lo"], row["dec_macro_f1_hi"] = bootstrap_ci(lambda idx, f1=f1: f1(idx)["macro_f1"],
-                                                                          groups, n_boot, seed)
-            per_stack = per_stack_range(y, pred, stacks)
-            for key, _ in RANGE_METRICS:
-                values = per_stack[key].to_numpy(dtype=np.float64)
-                row[f"dec_{key}_lo"], row[f"dec_{key}_hi"] = bootstrap_ci(lambda idx, v=values: _nanmean(v[idx]),
-                                                                          per_stack["patient"].to_numpy(), n_boot,
-                                                                          seed)
+            intervals = {**_label_intervals(y, proba, pred, run.classes, groups, ["macro_f1"], n_boot, seed),
+                         **_range_intervals(y, pred, stacks, n_boot, seed)}
+            for key, (lo, hi) in intervals.items():
+                row[f"{DECODED_PREFIX}{key}_lo"], row[f"{DECODED_PREFIX}{key}_hi"] = lo, hi
         out.append(row)
     return out
 

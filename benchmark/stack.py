@@ -38,9 +38,9 @@ from data_prep.provenance import code_version
 
 from .baselines import POSITION_FEATURES, position_features
 from .cache import split_model
-from .decode import Decoding, stack_groups, tune_decoding
+from .decode import Decoding, stack_groups
 from .infer import predict
-from .metrics import macro_f1, per_class_f1
+from .task import Task
 
 STACK_SUFFIX = "+stack"
 STACK_MODEL_FILE = "stack.keras"
@@ -150,6 +150,7 @@ class StackRun:
         self.name = stack_run_name(base.name)
         self.dir = self.exp.out / self.name
         self.classes = base.classes
+        self.task = Task("classification", self.classes)  # the stack model labels slices, whatever the base's task
         p = self.profile = base.profile
         self.lrs = tuple(p.stack_lrs)
         self.timing: dict[str, float] = {}
@@ -196,16 +197,17 @@ class StackRun:
         n_c = len(self.classes)
         factors = self.exp.factors
         groups = self._groups(train_rows)
-        mean, sd = feature_scale(feats[inputs.plain_positions(train_rows)])
+        plain = inputs.plain_positions(np.arange(len(y)))  # each row's un-augmented view
+        mean, sd = feature_scale(feats[plain[train_rows]])
         feats = (feats - mean) / sd
         trainer.model.set_weights(self._initial(seed))
         trainer.reset(lr, seed)
         if val_rows is not None:
             val_groups = self._groups(val_rows)
-            vx = [tf.constant(a) for a in padded(val_groups, inputs.plain_positions(np.arange(len(y))), feats,
-                                                 pos, None, n_c)]
+            vx = [tf.constant(a) for a in padded(val_groups, plain, feats, pos, None, n_c)]
             order = {r: i for i, r in enumerate(val_rows)}
             val_index = [np.array([order[r] for r in g]) for g in val_groups]
+            val_targets = self.task.targets(ds.rows.iloc[val_rows])
         records, outputs, diverged = [], [], False
         for epoch in range(epochs):
             rng = np.random.default_rng([seed, epoch])
@@ -216,7 +218,7 @@ class StackRun:
                 view_of = np.zeros(len(y), np.int64)
                 view_of[train_rows] = inputs.index(train_rows, copies[train_rows], d[train_rows])
             else:
-                view_of = inputs.plain_positions(np.arange(len(y))) if epoch == 0 else view_of
+                view_of = plain
             total, count = 0.0, 0
             for b in range(0, len(perm), p.stack_batch):
                 batch = [groups[i] for i in perm[b:b + p.stack_batch]]
@@ -226,18 +228,14 @@ class StackRun:
             rec = {"epoch": epoch + 1, "loss": total / count}
             if not np.isfinite(rec["loss"]):
                 diverged = True
-                records.append({**rec, "val_loss": np.nan, "val_accuracy": np.nan, "val_macro_f1": np.nan})
+                records.append({**rec, **dict.fromkeys(self.task.score_names, np.nan)})
                 break
             if val_rows is not None:
                 out = trainer.infer(*vx).numpy()
                 proba = np.zeros((len(val_rows), n_c))
                 for i, idx in enumerate(val_index):
                     proba[idx] = out[i, :len(idx)]
-                truth = y[val_rows]
-                pred = proba.argmax(1)
-                rec.update(val_loss=float(-np.mean(np.log(np.clip(proba[np.arange(len(truth)), truth], 1e-7, 1)))),
-                           val_accuracy=float(np.mean(pred == truth)),
-                           val_macro_f1=macro_f1(per_class_f1(truth, pred, n_c)))
+                rec.update(self.task.scores(val_targets, proba, None))  # the per-slice runs' validation scores
                 outputs.append(proba)
             records.append(rec)
         history = pd.DataFrame.from_records(records)
@@ -257,7 +255,7 @@ class StackRun:
     # ---- the protocol ---------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """CV over (LR, fold) -> selection and decoding -> final fit -> test; writes the run's files and DONE."""
-        from .protocol import DONE, job_seed, select
+        from .protocol import DONE, decoding_on_folds, job_seed, select
         exp, p = self.exp, self.profile
         t0 = time.perf_counter()
         model = self._build(job_seed(exp.seed, self.name, "build"))
@@ -275,9 +273,8 @@ class StackRun:
         atomic.write_csv(self.dir / "cv_history.csv", history)
         self.timing["cv_s"] = time.perf_counter() - t0
         sel = select(history, "macro_f1", self.lrs, len(exp.folds))
-        pool = np.concatenate([va for _, va in exp.folds])
-        proba = np.concatenate([oof[(sel["lr"], k)][sel["epochs"] - 1] for k in range(len(exp.folds))])
-        decoding, record = tune_decoding(proba, exp.ds.rows.y.to_numpy()[pool], exp.ds.stacks(pool))
+        decoding, record = decoding_on_folds(exp, [oof[(sel["lr"], k)][sel["epochs"] - 1]
+                                                   for k in range(len(exp.folds))])
         sel["decoding"] = record
         atomic.write_json(self.dir / "selection.json", sel)
         t0 = time.perf_counter()
