@@ -1,8 +1,9 @@
 """Running a network forward: one compiled function per model, and how the feature pass uses this machine's device.
 
 Only inference lives here, and it runs on any Keras backend: the feature pass (cache.py) and `predict` need nothing
-TensorFlow-specific, so they can be measured where only another backend is installed (the lent GPU machine had JAX
-and no TensorFlow; see README "Feature pass on a GPU"). Training (train.py) needs TensorFlow.
+TensorFlow-specific, so they can be measured where only another backend is installed (e.g. Keras on JAX on a GPU
+machine without TensorFlow; figures in docs/performance.md, "Feature pass on a GPU"). Training (train.py) needs
+TensorFlow.
 
 On a GPU the frozen part of a network runs under a mixed-precision dtype policy and on larger batches
 (`FEATURE_PASS`): its outputs are stored as float16 anyway, and the fits read them in float32. The precision is
@@ -29,10 +30,10 @@ class FeaturePass:
 
 
 # Per device kind. CPU: float32 (half precision runs slower than float32 on these cores) and 64 images per call.
-# GPU: from `python -m benchmark.perf --feature-pass` on an H100 at 224 px (README "Feature pass on a GPU"): float16
-# at 512 per call ran the networks 1.7-3.7x faster than float32 at 64 (MobileNet 4,772 -> 7,423-12,318 img/s,
-# VGG16 4,015 -> 7,931, DenseNet121 1,848 -> 6,898); bfloat16 was no faster and moved MobileNet's ImageNet features
-# by 11-14 % (relative L2) against float16's 1 %.
+# GPU: from `python -m benchmark.perf --feature-pass` on an H100 at 224 px (docs/performance.md, "Feature pass on a
+# GPU"): float16 at 512 per call ran the networks 1.7-3.7x faster than float32 at 64 (MobileNet 4,772 ->
+# 7,423-12,318 img/s, VGG16 4,015 -> 7,931, DenseNet121 1,848 -> 6,898); bfloat16 was no faster and moved
+# MobileNet's ImageNet features by 11-14 % (relative L2) against float16's 1 %.
 FEATURE_PASS: dict[str, FeaturePass] = {
     "cpu": FeaturePass("float32", PREDICT_BATCH),
     "gpu": FeaturePass("mixed_float16", 512),

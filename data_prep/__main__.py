@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         except ModuleNotFoundError as exc:
             if exc.name != module:
                 raise
-            continue  # a source not built yet is simply not offered
+            continue  # a source whose module is absent is not offered
         p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip().splitlines()[0])
         mod.configure_parser(p)
         p.set_defaults(_run=mod.run)
