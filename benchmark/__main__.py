@@ -98,7 +98,7 @@ def check_weights_file(path: str, option: str | None) -> None:
     file stops the grid before any data is read, not each model's first job (which would be retried)."""
     import h5py
 
-    from .data import BenchmarkInputError
+    from .errors import BenchmarkInputError
     where = f"--weights {option}" if option not in (None, "imagenet", "auto") else path
     try:
         with h5py.File(path, "r") as f:
@@ -112,7 +112,7 @@ def check_weights_file(path: str, option: str | None) -> None:
 
 def check_cache_dir(path: Path) -> None:
     """--cache-dir must be, or be creatable as, a directory (the feature pass would fail on it only after minutes)."""
-    from .data import BenchmarkInputError
+    from .errors import BenchmarkInputError
     existing = next(p for p in [path, *path.absolute().parents] if p.exists())
     if not existing.is_dir():
         raise BenchmarkInputError(f"--cache-dir {path}: {'it' if existing == path else existing} is a file, not a "
@@ -154,16 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[OFFLINE_ENV] = "1"
     from .tf_quiet import quiet_tensorflow
     quiet_tensorflow()  # before the registry brings TensorFlow in
-    from data_prep.errors import DataPrepError
-    from .data import BenchmarkInputError
-    from .registry import WeightsMissing
+    from .errors import USER_ERRORS
     try:
         return _run(args)
-    except (BenchmarkInputError, DataPrepError, WeightsMissing) as exc:
+    except USER_ERRORS as exc:
         print(f"benchmark: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyError as exc:  # unknown backbone or profile: the message lists the valid names
-        print(f"benchmark: error: {exc.args[0]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("benchmark: interrupted; finished jobs are kept and a re-run resumes", file=sys.stderr)
@@ -173,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .data import BenchmarkInputError, synthetic_default
-    from .grid import FINISHED, check_writable, make_experiment, plan, run_grid
+    from .data import synthetic_default
+    from .errors import BenchmarkInputError
+    from .grid import make_experiment, plan, run_grid
+    from .layout import FINISHED, check_writable
     from .jobs import make_executor
     from .profiles import get_profile
     from .registry import choose_weights, get_spec
@@ -228,7 +225,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _label_efficiency(args: argparse.Namespace, profile, pairs, data: Path, executor) -> int:
-    from .grid import FINISHED, make_label_experiments, run_grid, write_label_efficiency
+    from .grid import make_label_experiments, run_grid, write_label_efficiency
+    from .layout import FINISHED
     subsets = make_label_experiments(data, profile, args.seed, args.out, args.weights or profile.weights,
                                      use_cache=profile.cache and not args.no_cache, fractions=args.train_fraction,
                                      repeats=args.repeats, test_data=args.test_data,

@@ -27,6 +27,7 @@ from data_prep.errors import DataPrepError
 from data_prep.manifest import check_finite, dataset_classes, file_sha256, labelled, load_image, read_manifest, MANIFEST
 
 from .cpus import usable_cpus
+from .errors import BenchmarkInputError
 from .log import get as get_log
 from .preprocess import Preprocessing, make_input
 
@@ -48,10 +49,6 @@ def synthetic_default(patients: int, seed: int = 0) -> Path:
 
 
 SOURCE_SET = "source_set"  # the column that names each row's dataset directory in a multi-source Dataset
-
-
-class BenchmarkInputError(ValueError):
-    """Bad data or options for a benchmark run: the CLI prints the message and exits with code 2."""
 
 
 @dataclass

@@ -16,6 +16,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from .layout import MODEL_FILE
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 FORMATS = {"savedmodel": "tf_saved_model", "onnx": "onnx"}
@@ -50,14 +52,14 @@ def export(run: Path, fmt: str, out: Path | None = None) -> Path:
     """Write the export of RUN's model (RUN/model or a model directory) and its card; returns the export's path."""
     import keras
 
-    from .data import BenchmarkInputError
+    from .errors import BenchmarkInputError
     from .predict import model_directory, read_model_json
     directory = model_directory(run)
     meta, prep = read_model_json(directory)
     out = out or directory.parent / f"export_{fmt}"
     if out.exists():
         raise BenchmarkInputError(f"--out {out} exists; remove it or give another --out")
-    model = keras.saving.load_model(directory / "model.keras", compile=False)
+    model = keras.saving.load_model(directory / MODEL_FILE, compile=False)
     target = out / "model.onnx" if fmt == "onnx" else out / "savedmodel"
     out.mkdir(parents=True)
     try:
@@ -72,12 +74,12 @@ def export(run: Path, fmt: str, out: Path | None = None) -> Path:
         raise
     card = {
         "format": fmt, "path": target.name, "endpoint": "serve" if fmt == "savedmodel" else None,
-        "source": {"model": str(directory / "model.keras"),
-                   "sha256": hashlib.sha256((directory / "model.keras").read_bytes()).hexdigest()},
+        "source": {"model": str(directory / MODEL_FILE),
+                   "sha256": hashlib.sha256((directory / MODEL_FILE).read_bytes()).hexdigest()},
         **{k: meta.get(k) for k in ("backbone", "depth", "classes", "outputs", "code_version")},
         "input": {"shape": [None, prep.input_size, prep.input_size, 3], "dtype": "float32",
                   "layout": "batch, height, width, channels"},
-        "preprocessing": json.loads(meta["preprocessing"]),
+        "preprocessing": prep.to_dict(),
         "preprocessing_steps": preprocessing_steps(prep),
         "keras": keras.__version__,
     }
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from .tf_quiet import quiet_tensorflow
     quiet_tensorflow()
-    from .data import BenchmarkInputError
+    from .errors import BenchmarkInputError
     try:
         target = export(args.run, args.format, args.out)
     except BenchmarkInputError as exc:

@@ -1,31 +1,24 @@
-"""The run grid: which (backbone, depth) runs an invocation makes, the shared Experiment, and the summary table."""
+"""The run grid: which (backbone, depth) runs an invocation makes and the shared Experiment; summary.py writes the
+table across its runs."""
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from data_prep import atomic
-from .data import BenchmarkInputError, Dataset, make_folds, nested_subsets, split_description, train_test_split
+from .data import Dataset, make_folds, nested_subsets, split_description, train_test_split
+from .errors import BenchmarkInputError
 from .profiles import Profile
 from .jobs import Executor, InProcess, run_jobs
-from .protocol import DONE, Experiment, run_name
-from .baselines import BASELINES, CONSTANT
-from .registry import BACKBONES, CBR, PRETRAINED, get_spec
-from .stack import STACK_SUFFIX
+from .layout import LABEL_EFFICIENCY, grid_pairs
+from .protocol import Experiment
+from .registry import CBR, PRETRAINED, get_spec
+from .summary import label_efficiency_summary, to_markdown, write_summary
 from .task import make_task
-
-SUMMARY_COLUMNS = ["run", "backbone", "name", "depth", "weights", "status", "f1_oap", "f1_in", "f1_obs", "macro_f1",
-                   "accuracy", "soft_accuracy", "auc_micro", "auc_weighted", "range_exact", "range_within1",
-                   "boundary_mae", "beats_constant", "mae", "rmse", "r2", "mae_mean_baseline"]
-# the IN-range figures of a run: those of its decoding chosen on validation (test_metrics.json "decoded")
-RANGE_COLUMNS = ("range_exact", "range_within1", "boundary_mae", "n_stacks")
-BASELINE_STATUS = "baseline"
-FINISHED = ("done", BASELINE_STATUS)  # summary rows with results (a baseline row is not a run that failed)
 
 
 def plan(backbones: list[str], depth: str) -> list[tuple[str, int]]:
@@ -33,21 +26,7 @@ def plan(backbones: list[str], depth: str) -> list[tuple[str, int]]:
     keys = list(PRETRAINED + CBR) if backbones == ["all"] else backbones
     for k in keys:
         get_spec(k)
-    depths = {"0": [0], "1": [1], "both": [0, 1]}[depth]
-    out = []
-    for k in keys:
-        out.extend([(k, 0)] if not BACKBONES[k].pretrained else [(k, d) for d in depths])
-    return out
-
-
-def check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise BenchmarkInputError(f"--out {out} is not writable ({exc.strerror})") from exc
+    return grid_pairs(keys, {"0": [0], "1": [1], "both": [0, 1]}[depth])
 
 
 def make_experiment(data: Path, profile: Profile, seed: int, out: Path, weights: str, *, use_cache: bool,
@@ -165,70 +144,6 @@ def run_grid(exp: Experiment, pairs: list[tuple[str, int]], force: bool = False,
     return write_summary(exp.out)
 
 
-def write_summary(out: Path) -> pd.DataFrame:
-    """summary.csv / summary.md over every run directory under `out`, in the paper's order."""
-    rows: list[dict[str, Any]] = []
-    baselines: dict[str, dict[str, Any]] = {}
-    for d in sorted(p for p in out.iterdir() if (p / "config.json").is_file()):
-        cfg = atomic.read_json(d / "config.json")
-        row: dict[str, Any] = {"run": d.name, "backbone": cfg["backbone"], "name": cfg["backbone_name"],
-                               "depth": cfg["depth"], "weights": cfg["weights"]}
-        if cfg.get("target"):
-            row.update(task=cfg["task"], target=cfg["target"])
-        if (d / DONE).is_file():
-            m = atomic.read_json(d / "test_metrics.json")
-            sel = atomic.read_json(d / "selection.json")
-            timing = atomic.read_json(d / "timing.json")
-            row.update(status="done", **{k: v for k, v in m.items() if not isinstance(v, (dict, list))})
-            if "decoded" in m:
-                row.update({k: m["decoded"][k] for k in RANGE_COLUMNS})
-                row["beats_constant"] = bool(m["decoded"]["range_exact"] > m["baselines"][CONSTANT]["range_exact"])
-                baselines = baselines or m["baselines"]
-                for source, scores in m.get("by_source", {}).items():  # several test sources: each one's range
-                    row[f"range_exact[{source}]"] = scores["decoded"]["range_exact"]
-                    row[f"constant_range_exact[{source}]"] = scores[f"baseline_{CONSTANT}"]["range_exact"]
-            row.update(selected_lr=sel["lr"], selected_epochs=sel["epochs"], cv_metric=sel["cv_mean"],
-                       cv_sd=sel["cv_sd"], diverged_lrs=" ".join(f"{x:g}" for x in sel["diverged_lrs"]),
-                       cv_seconds=timing.get("cv_s"), total_seconds=timing.get("total_s"))
-        else:
-            row["status"] = "failed" if (d / "error.txt").is_file() else "incomplete"
-        rows.append(row)
-    rows += [{"run": f"baseline_{name}", "name": BASELINES[name], "status": BASELINE_STATUS,
-              **{k: v for k, v in b.items() if not isinstance(v, (dict, list))}} for name, b in baselines.items()]
-    df = pd.DataFrame(rows)
-    if df.empty:
-        return df
-    df["_order"] = df["run"].map(run_order)
-    df = df.sort_values(["_order", "run"]).drop(columns="_order").reset_index(drop=True)
-    cols = [c for c in SUMMARY_COLUMNS if c in df] + [c for c in df if c not in SUMMARY_COLUMNS]
-    df = df[cols]
-    atomic.write_csv(out / "summary.csv", df)
-    atomic.write_text(out / "summary.md", to_markdown(df[[c for c in SUMMARY_COLUMNS if c in df] +
-                                                         [c for c in df if c.startswith("support_")] +
-                                                         [c for c in df if "range_exact[" in c]]))
-    return df
-
-
-@functools.cache
-def _paper_order() -> dict[str, int]:
-    return {run_name(get_spec(k), d): i for i, (k, d) in enumerate(plan(["all"], "both"))}
-
-
-def run_order(name: str) -> float:
-    """Where a run sits in tables: the paper's model order, each stack model right after its per-slice run, then
-    unknown names, then the baselines."""
-    order = _paper_order()
-    if name.startswith("baseline_"):
-        return len(order) + 1
-    if name.endswith(STACK_SUFFIX):
-        return order.get(name[:-len(STACK_SUFFIX)], len(order)) + 0.5
-    return order.get(name, len(order))
-
-
-LABEL_EFFICIENCY = "label_efficiency.csv"
-CURVE_METRICS = ["macro_f1", "accuracy", "auc_micro", "range_exact"]
-
-
 def write_label_efficiency(out: Path, subsets: list[SubsetExperiment]) -> pd.DataFrame:
     """OUT/label_efficiency.csv (one row per run x fraction x repeat, from each subset's summary) and
     OUT/label_efficiency_summary.csv/.md (mean ± SD over repeats)."""
@@ -247,31 +162,3 @@ def write_label_efficiency(out: Path, subsets: list[SubsetExperiment]) -> pd.Dat
     atomic.write_csv(out / "label_efficiency_summary.csv", table)
     atomic.write_text(out / "label_efficiency_summary.md", to_markdown(table))
     return df
-
-
-def label_efficiency_summary(df: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
-    """Per run and fraction: finished repeats, patients (the same in every repeat), and mean and SD over repeats of
-    each test metric."""
-    metrics = [m for m in (metrics or CURVE_METRICS) if m in df]
-    if df.empty:
-        return pd.DataFrame()
-    done = df[df["status"].isin(FINISHED)]
-    g = done.groupby(["run", "fraction"], sort=False)
-    table = g.agg(name=("name", "first"), depth=("depth", "first"), repeats=("repeat", "count"),
-                  n_patients=("n_patients", "first"))
-    for m in metrics:
-        table[f"{m}_mean"] = g[m].mean()
-        table[f"{m}_sd"] = g[m].std(ddof=1)
-    order = {run: i for i, run in enumerate(pd.unique(df["run"]))}  # the paper's order, as the summaries give it
-    return table.reset_index().sort_values(["run", "fraction"], key=lambda c: c.map(order) if c.name == "run" else c,
-                                           kind="stable").reset_index(drop=True)
-
-
-def to_markdown(df: pd.DataFrame) -> str:
-    def fmt(v):
-        if isinstance(v, (float, np.floating)):
-            return "" if np.isnan(v) else f"{v:.3f}"
-        return str(v)
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"

@@ -38,11 +38,11 @@ from typing import Any, Callable, Iterator
 from tqdm.auto import tqdm
 
 from data_prep import atomic
-from data_prep.errors import DataPrepError
-from .data import BenchmarkInputError
-from .protocol import Experiment, ModelRun, run_name
+from .errors import USER_ERRORS, BenchmarkInputError
+from .layout import ERROR, TEST_METRICS, run_name, stack_run_name
+from .protocol import Experiment, ModelRun
 from .registry import get_spec
-from .stack import StackRun, stack_run_name
+from .stack import StackRun
 from .log import get as get_log
 from .tf_quiet import quiet_tensorflow
 
@@ -62,7 +62,7 @@ class Job:
 
     @property
     def run(self) -> str:
-        name = run_name(get_spec(self.backbone), self.depth)
+        name = run_name(self.backbone, self.depth)
         return stack_run_name(name) if self.step == "stack" else name
 
     def __str__(self) -> str:
@@ -351,12 +351,12 @@ def run_jobs(exp: Experiment, pairs: list[tuple[str, int]], executor: Executor, 
         bar.close()
         signal.signal(signal.SIGTERM, previous)
     for name, error in failed.items():
-        atomic.write_text(exp.out / name / "error.txt", error)
+        atomic.write_text(exp.out / name / ERROR, error)
     return sorted(failed)
 
 
 def _scores(exp: Experiment, run: str) -> str:
-    return "test " + headline(atomic.read_json(exp.out / run / "test_metrics.json"))
+    return "test " + headline(atomic.read_json(exp.out / run / TEST_METRICS))
 
 
 def headline(m: dict[str, Any]) -> str:
@@ -377,7 +377,7 @@ def _raise_interrupt(signum, frame):
 def _stop_on_fatal(exc: BaseException) -> None:
     """Bad input is not retried (it would fail again, and every other model too) and stops the grid; so does a disk
     that cannot take results."""
-    if isinstance(exc, (BenchmarkInputError, DataPrepError)):
+    if isinstance(exc, USER_ERRORS):
         raise exc
     if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
         raise BenchmarkInputError(f"cannot write results ({exc.strerror}: {exc.filename or ''}); finished jobs "

@@ -15,6 +15,26 @@ from sklearn.metrics import confusion_matrix, roc_auc_score
 from benchmark.decode import IN, in_range, stack_groups, stack_table
 
 
+# Every metric the engine writes (test_metrics.json, histories, summaries) and whether a higher value is better: the
+# scores (F1, accuracies, AUCs, range hit rates, R²) go up, the errors and losses (*_mae, rmse, loss) go down.
+HIGHER_IS_BETTER = {
+    "macro_f1": True, "accuracy": True, "soft_accuracy": True, "auc_micro": True, "auc_weighted": True,
+    "range_exact": True, "range_within1": True, "r2": True,
+    "boundary_mae": False, "mae": False, "rmse": False, "mae_mean_baseline": False, "loss": False,
+}
+
+
+def higher_is_better(metric: str) -> bool:
+    """Direction of a metric named as in test_metrics.json or a history (val_ prefix allowed; f1_<class> is an
+    F1); ValueError for a name this table does not know, so that no metric is ranked the wrong way by default."""
+    name = metric.removeprefix("val_")
+    if name.startswith("f1_"):
+        return True
+    if name not in HIGHER_IS_BETTER:
+        raise ValueError(f"no direction known for metric {metric!r}; known: {', '.join(HIGHER_IS_BETTER)}")
+    return HIGHER_IS_BETTER[name]
+
+
 def _labels(values, n_classes: int, name: str) -> np.ndarray:
     arr = np.asarray(values)
     if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):

@@ -144,7 +144,8 @@ def feature_pass_sweep(args: argparse.Namespace) -> int:
     )
     from .preprocess import Preprocessing
     from .profiles import get_profile
-    from .registry import build_model, choose_weights, get_spec
+    from .registry import choose_weights, get_spec
+    from .models import build_model
 
     profile = get_profile(args.profile)
     spec = get_spec(args.backbone)

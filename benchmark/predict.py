@@ -37,7 +37,7 @@ A directory holding a previous predict output is updated (reports of stacks no l
 other non-empty --out is refused.
 
 Grad-CAM (Selvaraju et al. 2017) is benchmark.gradcam.gradcam_tape on the registry's CAM layer
-(registry.cam_layer_name), for the argmax class of each slice: the gradient of that class's pre-softmax logit
+(models.cam_layer_name), for the argmax class of each slice: the gradient of that class's pre-softmax logit
 with respect to the feature map, averaged over space, weights the map's channels; ReLU, zoomed to the input size,
 scaled to [0, 1] per slice.
 
@@ -73,7 +73,8 @@ from data_prep.manifest import (MANIFEST, Stack, file_sha256, read_dataset_json,
                                write_dataset)
 
 from data_prep import atomic
-from .data import BenchmarkInputError, Dataset
+from .data import Dataset
+from .errors import BenchmarkInputError
 from .decode import IN, Decoding, in_range
 from .preprocess import Preprocessing, crop_resize, window
 
@@ -144,7 +145,7 @@ def model_directory(path: Path) -> Path:
 
 def read_model_json(directory: Path) -> tuple[dict[str, Any], Preprocessing]:
     """model.json checked against this code: results format, a backbone it knows, OAP/IN/OBS, the preprocessing."""
-    from .protocol import RESULTS_FORMAT
+    from .layout import RESULTS_FORMAT
     from .registry import get_spec
     for name in MODEL_FILES:
         if not (directory / name).is_file():
@@ -177,8 +178,7 @@ def read_model_json(directory: Path) -> tuple[dict[str, Any], Preprocessing]:
                                   f"classes {list(SLICE_CLASSES)} (apex -> base order)")
     try:
         get_spec(meta["backbone"])
-        fields = json.loads(meta["preprocessing"])
-        prep = Preprocessing(**{**fields, "window": tuple(fields["window"])})
+        prep = Preprocessing.from_key(meta["preprocessing"])
     except KeyError as exc:
         raise BenchmarkInputError(f"{path}: {exc.args[0]}") from exc
     except (TypeError, ValueError) as exc:
@@ -201,7 +201,8 @@ def check_model(path: str | os.PathLike, timing: dict[str, float]) -> tuple[Path
 
 def load_trained(directory: Path, meta: dict[str, Any], prep: Preprocessing) -> TrainedModel:
     import keras
-    from .registry import POOLED, cam_layer_name, get_spec
+    from .registry import POOLED, get_spec
+    from .models import cam_layer_name
     file = directory / "model.keras"
     if not zipfile.is_zipfile(file):
         raise BenchmarkInputError(f"{file}: not a Keras zip archive (truncated or corrupt?)")

@@ -8,8 +8,10 @@ the rotated image for any angle up to 45°, so augmentation never brings in padd
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -27,8 +29,28 @@ class Preprocessing:
     crop_fraction: float = CROP_FRACTION
     input_kind: str = "2d"        # "2d": grey copied to 3 channels; "2.5d": (apex-side, slice, base-side)
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> "Preprocessing":
+        """The inverse of to_dict (JSON gives the window back as a list); TypeError or ValueError if malformed: every
+        field must be given, so that a record never silently takes a default it was not made with."""
+        if not isinstance(fields, dict):
+            raise TypeError(f"expected an object of preprocessing fields, got {type(fields).__name__}")
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in fields]
+        if missing:
+            raise ValueError(f"missing field(s) {', '.join(missing)}")
+        return cls(**{**fields, "window": tuple(fields["window"])})
+
     def key(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        """The JSON string stored in config.json and model.json and hashed into cache keys."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_key(cls, key: str) -> "Preprocessing":
+        """The inverse of key(); TypeError or ValueError (json.JSONDecodeError among them) if malformed."""
+        return cls.from_dict(json.loads(key))
 
 
 def window(img: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from .errors import UnknownName
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -114,4 +116,4 @@ def get_profile(name: str) -> Profile:
     try:
         return PROFILES[name]
     except KeyError:
-        raise KeyError(f"unknown profile {name!r}; valid: {', '.join(PROFILES)}") from None
+        raise UnknownName(f"unknown profile {name!r}; valid: {', '.join(PROFILES)}") from None

@@ -39,40 +39,34 @@ from data_prep import atomic
 from .cache import (CachedInputs, Views, bank_views, bytes_per_view, cache_key, cached_outputs, depth0_start,
                     plain_views, split_model, weights_fingerprint)
 from .cpus import usable_cpus
-from .data import Augmentation, BenchmarkInputError, Dataset, ImageInputs, Slots, folds_frame, oversample_factors
+from .data import Augmentation, Dataset, ImageInputs, Slots, folds_frame, oversample_factors
+from .errors import BenchmarkInputError
 from .baselines import baseline_metrics, baseline_predictions, scores
 from .decode import Decoding, decode_stacks, tune_decoding
 from .infer import feature_pass, predict
+from .layout import (CONFIG, CV_HISTORY, DONE, ERROR, FOLDS, HEAD, HISTORY, JOB_JSON, MODEL_FILE, MODEL_JSON, RESULTS_FORMAT,
+                     SELECTION, TARGET_PREDICTION, TEST_METRICS, TEST_PREDICTIONS, TIMING, VAL_OUTPUT, check_format,
+                     job_dir, job_dir_name, job_seconds, model_dir, run_name, stack_run_name)
 from .log import get as get_log
-from .metrics import classification_metrics, range_metrics, regression_metrics
+from .metrics import classification_metrics, higher_is_better, range_metrics, regression_metrics
 from .preprocess import Preprocessing
 from .profiles import Profile
-from .registry import BACKBONES, HEAD_DENSE, BackboneSpec, build_model, choose_weights, head, head_layers, set_depth
-from .stack import stack_run_name
-from .task import Task, lower_is_better
+from .registry import HEAD_DENSE, BackboneSpec, choose_weights
+from .models import build_model, head, head_layers, set_depth
+from .task import Task
 from .train import FitSettings, Trainer, fit
 
-RESULTS_FORMAT = 1
 SLICE_CLASSES = ("OAP", "IN", "OBS")
-# a CV job's validation outputs per epoch, from which the run's decoding is tuned
-VAL_OUTPUT = "val_output.npy"
 SOURCE_KEYS = ("macro_f1", "range_exact", "range_within1", "boundary_mae", "n_stacks")  # by_source, per test source
 
-# ~0.5 s of head training on this 2-core machine (0.5 ms a step), about what tracing a Trainer's functions costs
+# ~0.5 s of head training on a 2-core CPU (0.5 ms a step), about what tracing a Trainer's functions costs
 MIN_THREADED_FIT_STEPS = 1000
-DONE = "DONE"
 N_HEAD_ARRAYS = 2  # kernel and bias of each head Dense layer
-# test_predictions.csv column of the predicted target (a multi-task run's `prediction` is its class)
-TARGET_PREDICTION = {"regression": "prediction", "multi": "target_prediction"}
 
 
 def job_seed(*parts: Any) -> int:
     """A job's seed depends only on what the job is, never on the order jobs ran in."""
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little") % (2**31 - 1)
-
-
-def run_name(spec: BackboneSpec, depth: int) -> str:
-    return f"{spec.key}_d{depth}" if spec.pretrained else spec.key
 
 
 @dataclass
@@ -119,7 +113,7 @@ class Experiment:
         return bank_views(self.ds, rows, np.maximum(self.factors, wide), k, self.augment) + plain_views(self.test)
 
     def write_folds(self, directory: Path) -> None:
-        atomic.write_csv(directory / "folds.csv", folds_frame(self.ds, self.pool, self.test, self.folds))
+        atomic.write_csv(directory / FOLDS, folds_frame(self.ds, self.pool, self.test, self.folds))
 
     @property
     def slice_ranges(self) -> bool:
@@ -156,7 +150,7 @@ class ModelRun:
         if not spec.pretrained and depth != 0:
             raise BenchmarkInputError(f"{spec.key} is trained from scratch: it has no depth {depth}")
         self.exp, self.spec, self.depth = exp, spec, depth
-        self.name = run_name(spec, depth)
+        self.name = run_name(spec.key, depth)
         self.dir = exp.out / self.name
         p = self.profile = exp.profile.for_backbone(spec)
         self.prep = Preprocessing(p.input_size(spec), spec.preprocess_mode, input_kind=exp.input_kind)
@@ -270,7 +264,7 @@ class ModelRun:
 
     # ---- jobs ----------------------------------------------------------------------------------------------------
     def _job_dir(self, name: str) -> Path:
-        return self.dir / "jobs" / name
+        return job_dir(self.dir, name)
 
     def marker(self, step: str, lr: float | None = None, fold: int | None = None) -> Path:
         return self.marker_of(self.exp, self.spec.key, self.depth, step, lr, fold)
@@ -279,21 +273,21 @@ class ModelRun:
     def marker_of(exp: Experiment, backbone: str, depth: int, step: str, lr: float | None = None,
                   fold: int | None = None) -> Path:
         """The file whose presence says a job is complete (it is written last, after the job's outputs)."""
-        run_dir = exp.out / run_name(BACKBONES[backbone], depth)
+        run_dir = exp.out / run_name(backbone, depth)
         if step == "select":
-            return run_dir / "selection.json"
+            return run_dir / SELECTION
         if step == "test":
             return run_dir / DONE
         if step == "stack":
             return exp.out / stack_run_name(run_dir.name) / DONE
-        return run_dir / "jobs" / job_dir_name(step, lr, fold) / DONE
+        return job_dir(run_dir, job_dir_name(step, lr, fold)) / DONE
 
     def features(self) -> None:
         """Compute (or load) what the fits of this run read, before the CV jobs fan out."""
         t0 = time.perf_counter()
         self._inputs()
         d = self._job_dir("features")
-        atomic.write_json(d / "job.json", {"seconds": time.perf_counter() - t0,
+        atomic.write_json(d / JOB_JSON, {"seconds": time.perf_counter() - t0,
                                            "cache_bytes_per_view": self.timing.get("cache_bytes_per_view"),
                                            "feature_pass": self.timing.get("feature_pass")})
         atomic.write_text(d / DONE, "")
@@ -354,7 +348,7 @@ class ModelRun:
         job = job_dir_name("cv", lr, fold)
         d = self._job_dir(job)
         if self.marker("cv", lr, fold).is_file():
-            return pd.read_csv(d / "history.csv")
+            return pd.read_csv(d / HISTORY)
         t0 = time.perf_counter()
         tr, va = self.exp.folds[fold]
         outputs: list[np.ndarray] = []
@@ -365,19 +359,19 @@ class ModelRun:
         hist.insert(0, "fold", fold)
         hist.insert(0, "lr", lr)
         hist["diverged"] = diverged
-        atomic.write_csv(d / "history.csv", hist)
-        atomic.write_json(d / "job.json", {"seconds": time.perf_counter() - t0, "diverged": diverged,
+        atomic.write_csv(d / HISTORY, hist)
+        atomic.write_json(d / JOB_JSON, {"seconds": time.perf_counter() - t0, "diverged": diverged,
                                            "concurrent_fits": concurrent})
         atomic.write_text(d / DONE, "")
         # selection must see the same numbers whether a job ran now or in an earlier, interrupted process
-        return pd.read_csv(d / "history.csv")
+        return pd.read_csv(d / HISTORY)
 
     def parallel_fits(self) -> int:
         """How many CV fits run at once. A cached depth-0 run's fits train only the head, a step so small that
         TensorFlow runs it on one core, and each fit also waits on Python between epochs; so where the executor
         allows threads they run `profile.cv_threads` at a time, by default one more than the cores, at most 4.
         The paper profile's 15 depth-0 fits on ACDC took 20.5 s one at a time, 14.5 s two at a time, 11.9 s
-        three at a time and 13.1 s four at a time on this 2-core machine. Each extra thread's Trainer costs
+        three at a time and 13.1 s four at a time on a 2-core CPU. Each extra thread's Trainer costs
         ~0.5 s of tracing, so by default short fits (under MIN_THREADED_FIT_STEPS training steps) run one at a
         time. Other runs' fits keep the cores busy on their own: one at a time."""
         if not (self.threads_allowed and self.spec.pretrained and self.depth == 0 and self.cacheable):
@@ -433,15 +427,15 @@ class ModelRun:
         self.cv_jobs()
         parts = [self.cv_job(lr, k) for lr, k in self._cv_pairs]
         hist = pd.concat(parts, ignore_index=True)
-        atomic.write_csv(self.dir / "cv_history.csv", hist)
+        atomic.write_csv(self.dir / CV_HISTORY, hist)
         return hist
 
     def selection(self) -> dict[str, Any]:
-        path = self.dir / "selection.json"
+        path = self.dir / SELECTION
         if path.is_file():
             return atomic.read_json(path)
         metric = self.task.selection_metric(self.profile.selection_metric)
-        sel = select(self.cv(), metric, self.lrs, len(self.exp.folds), lower_is_better=lower_is_better(metric))
+        sel = select(self.cv(), metric, self.lrs, len(self.exp.folds), lower_is_better=not higher_is_better(metric))
         if self.exp.slice_ranges:
             sel["decoding"] = self._tuned_decoding(sel)
         atomic.write_json(path, sel)
@@ -481,19 +475,19 @@ class ModelRun:
         if not (d / DONE).is_file():
             t0 = time.perf_counter()
             train()
-            atomic.write_json(d / "job.json", {"seconds": time.perf_counter() - t0})
+            atomic.write_json(d / JOB_JSON, {"seconds": time.perf_counter() - t0})
             self._save_head(d)
-        with np.load(d / "head.npz") as z:
+        with np.load(d / HEAD) as z:
             return {n: [z[f"{n}/{i}"] for i in range(N_HEAD_ARRAYS)] for n in {k.split("/")[0] for k in z.files}}
 
     def _save_head(self, d: Path) -> None:
         arrays = {f"{n}/{i}": w for n, ws in self._head_weights().items() for i, w in enumerate(ws)}
-        atomic.atomic_write(d / "head.npz", lambda p: np.savez(p, **arrays))
+        atomic.atomic_write(d / HEAD, lambda p: np.savez(p, **arrays))
         atomic.write_text(d / DONE, "")
 
     def final(self) -> keras.Model:
         d = self._job_dir("final")
-        model_path = self.dir / "model" / "model.keras"
+        model_path = model_dir(self.dir) / MODEL_FILE
         if (d / DONE).is_file() and model_path.is_file():  # finished by an earlier, interrupted process
             self.model.set_weights(keras.models.load_model(model_path, compile=False).get_weights())
             return self.model
@@ -502,8 +496,8 @@ class ModelRun:
         hist, diverged = self._train("final", self.exp.pool, sel["lr"], sel["epochs"], None, None)
         if diverged:
             raise RuntimeError(f"{self.name}: the final fit diverged at LR {sel['lr']}")
-        atomic.write_csv(d / "history.csv", hist)
-        atomic.write_json(d / "job.json", {"seconds": time.perf_counter() - t0})
+        atomic.write_csv(d / HISTORY, hist)
+        atomic.write_json(d / JOB_JSON, {"seconds": time.perf_counter() - t0})
         self._export(model_path.parent)
         if self.spec.pretrained:
             self._save_head(d)
@@ -512,15 +506,15 @@ class ModelRun:
 
     def _export(self, directory: Path) -> None:
         """A self-contained model directory: the Keras model plus everything `predict` needs to use it."""
-        atomic.atomic_write(directory / "model.keras", self.model.save)
-        atomic.write_json(directory / "model.json", {
+        atomic.atomic_write(directory / MODEL_FILE, self.model.save)
+        atomic.write_json(directory / MODEL_JSON, {
             "results_format": RESULTS_FORMAT, "backbone": self.spec.key, "depth": self.depth,
             "classes": list(self.classes), **self.task.describe(), "outputs": self._output_columns(),
             "preprocessing": self.prep.key(), "code_version": code_version(), "keras": keras.__version__,
             **({"decoding": decoding.to_dict()} if (decoding := self.decoding()) else {})})
 
     def _output_columns(self) -> list[str]:
-        """What each column of the model's output is (the target in its own units, see registry.head)."""
+        """What each column of the model's output is (the target in its own units, see models.head)."""
         return ([f"p_{c}" for c in self.classes] if self.task.has_classes else []) + \
             ([self.task.target] if self.task.has_target else [])
 
@@ -548,7 +542,7 @@ class ModelRun:
                 raise RuntimeError(f"{self.name}: the exported model disagrees with the cached path on test images "
                                    f"(max diff {diff.max():.3g} in output units / SD)")
         metrics = self._write_test(ds, rows, output)
-        atomic.write_json(self._job_dir("test") / "job.json", {"seconds": time.perf_counter() - t0})
+        atomic.write_json(self._job_dir("test") / JOB_JSON, {"seconds": time.perf_counter() - t0})
         return metrics
 
     def _write_test(self, ds: Dataset, rows: np.ndarray, output: np.ndarray) -> dict[str, Any]:
@@ -565,15 +559,15 @@ class ModelRun:
             out[TARGET_PREDICTION[task.kind]] = output[:, -1]
             # the baseline predicts the training pool's mean, the value the head's rescale is centred on
             metrics.update(regression_metrics(truth, output[:, -1], task.mean))
-        atomic.write_csv(self.dir / "test_predictions.csv", out)
-        atomic.write_json(self.dir / "test_metrics.json", metrics)
+        atomic.write_csv(self.dir / TEST_PREDICTIONS, out)
+        atomic.write_json(self.dir / TEST_METRICS, metrics)
         return metrics
 
     # ---- the whole run ---------------------------------------------------------------------------------------------
     def test_job(self) -> dict[str, Any]:
         """The last job: test, then timing.json and the run's DONE marker."""
         metrics = self.test()
-        atomic.write_json(self.dir / "timing.json", job_seconds(self.dir))
+        atomic.write_json(self.dir / TIMING, job_seconds(self.dir))
         atomic.write_text(self.dir / DONE, "")
         return metrics
 
@@ -586,7 +580,7 @@ class ModelRun:
                 self.features()
             self.selection()
             self.test_job()
-        return atomic.read_json(self.dir / "test_metrics.json")
+        return atomic.read_json(self.dir / TEST_METRICS)
 
 
 def _identity(config: dict[str, Any]) -> dict[str, Any]:
@@ -603,15 +597,12 @@ def _identity(config: dict[str, Any]) -> dict[str, Any]:
 def check_run_dir(directory: Path, config: dict[str, Any], force: bool) -> bool:
     """True if the run in `directory` is complete. Refuses a directory made with other settings unless forced
     (then it is removed and redone)."""
-    cfg_path = directory / "config.json"
+    cfg_path = directory / CONFIG
     if force and directory.exists():
         shutil.rmtree(directory)
     if cfg_path.is_file():
         old = atomic.read_json(cfg_path)
-        if old.get("results_format") != RESULTS_FORMAT:
-            raise BenchmarkInputError(
-                f"{directory} was written by results format {old.get('results_format')} (this code writes "
-                f"{RESULTS_FORMAT}); use another --out or --force to redo it")
+        check_format(cfg_path, old, fix="use another --out, or --force to redo it")
         mine, theirs = _identity(config), _identity(old)
         diff = [k for k in mine if theirs[k] != mine[k]]
         if diff:
@@ -625,9 +616,9 @@ def prepare_run_dir(directory: Path, config: dict[str, Any], exp: Experiment, fo
     if check_run_dir(directory, config, force):
         return True
     directory.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(directory / "config.json", config)
+    atomic.write_json(directory / CONFIG, config)
     exp.write_folds(directory)
-    (directory / "error.txt").unlink(missing_ok=True)  # from an earlier attempt; this one starts afresh
+    (directory / ERROR).unlink(missing_ok=True)  # from an earlier attempt; this one starts afresh
     return False
 
 
@@ -686,8 +677,8 @@ def write_class_test(directory: Path, ds: Dataset, rows: np.ndarray, proba: np.n
     columns, metrics = class_test(ds, rows, proba, classes, decoding, exp)
     for name, values in columns.items():
         out[name] = values
-    atomic.write_csv(directory / "test_predictions.csv", out)
-    atomic.write_json(directory / "test_metrics.json", metrics)
+    atomic.write_csv(directory / TEST_PREDICTIONS, out)
+    atomic.write_json(directory / TEST_METRICS, metrics)
     return metrics
 
 
@@ -696,31 +687,6 @@ def _seeded_head(model: keras.Model, task: Task, dropout: float, seed: int) -> d
     pooled = keras.Input((model.get_layer(HEAD_DENSE).input.shape[-1],))
     fresh = keras.Model(pooled, head(pooled, len(task.classes), dropout=dropout, seed=seed, **task.head_kwargs()))
     return {n: fresh.get_layer(n).get_weights() for n in head_layers(fresh)}
-
-
-def job_dir_name(step: str, lr: float | None = None, fold: int | None = None) -> str:
-    """The folder of a job under <run>/jobs/ (job_seconds reads the step back from its first word)."""
-    if step == "cv":
-        return f"cv_lr{lr:g}_f{fold}"
-    return f"foldinit_f{fold}" if step == "foldinit" else step
-
-
-TIMED_STEPS = {"features": "feature_pass_s", "cv": "cv_s", "foldinit": "foldinit_s", "final": "final_s",
-               "test": "test_s"}
-
-
-def job_seconds(run_dir: Path) -> dict[str, float]:
-    """Seconds per step of a run, summed over its jobs' job.json (whichever process or machine ran them).
-
-    A job finished by an earlier, interrupted process counts with the time it took then."""
-    total = {key: 0.0 for key in TIMED_STEPS.values()}
-    for p in (run_dir / "jobs").glob("*/job.json"):
-        info = atomic.read_json(p)
-        total[TIMED_STEPS[p.parent.name.split("_")[0]]] += info["seconds"]
-        if "cache_bytes_per_view" in info:
-            total["cache_bytes_per_view"] = info["cache_bytes_per_view"]
-    total["total_s"] = sum(total[k] for k in TIMED_STEPS.values())
-    return total
 
 
 def select(hist: pd.DataFrame, metric: str, lrs, n_folds: int, *, lower_is_better: bool = False) -> dict[str, Any]:

@@ -60,12 +60,14 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from data_prep import atomic
-from .data import BenchmarkInputError, Dataset
+from .data import Dataset
+from .errors import BenchmarkInputError
 from .baselines import BASELINES, CONSTANT
-from .grid import FINISHED, LABEL_EFFICIENCY, check_writable, label_efficiency_summary, run_order
 from .metrics import bootstrap_ci, classification_metrics, range_metrics, regression_metrics, soft_correct
 from .preprocess import Preprocessing
-from .protocol import DONE, RESULTS_FORMAT, TARGET_PREDICTION
+from .summary import label_efficiency_summary
+from .layout import (DONE, FINISHED, LABEL_EFFICIENCY, RESULTS_FORMAT, TARGET_PREDICTION, check_writable,
+                     run_order)
 from .registry import POOLED, get_spec
 
 # Okabe-Ito: distinguishable with every common colour-vision deficiency
@@ -163,7 +165,7 @@ class Run:
 
     @property
     def input_px(self) -> int:
-        return int(json.loads(self.config["preprocessing"])["input_size"])
+        return Preprocessing.from_key(self.config["preprocessing"]).input_size
 
     def _json(self, name: str) -> dict[str, Any]:
         path = self.dir / name
@@ -1069,9 +1071,7 @@ def run_preprocessing(run: Run) -> Preprocessing:
     """The Preprocessing the run's model saw (model/model.json, else config.json)."""
     info = run.dir / "model" / "model.json"
     key = atomic.read_json(info)["preprocessing"] if info.is_file() else run.config["preprocessing"]
-    fields = json.loads(key)
-    fields["window"] = tuple(fields["window"])
-    return Preprocessing(**fields)
+    return Preprocessing.from_key(key)
 
 
 @functools.lru_cache(maxsize=4)
@@ -1195,7 +1195,7 @@ def cam_picks(run: Run) -> dict[tuple[int, int], int]:
 def cam_grid(run: Run, data: str | Path | None = None, samples: int = 20, seed: int = 0) -> CamGrid:
     """Grad-CAM (registry CAM layer) and SmoothGrad for the predicted class of one image per confusion cell."""
     from .gradcam import explain
-    from .registry import cam_layer_name
+    from .models import cam_layer_name
     if run.task != "classification":
         raise FigureUnavailable(f"{run.name} is a {run.task} model: Grad-CAM here reads a classifier's pre-softmax "
                                 f"logits, which a multi-task model's shared output does not expose")

@@ -40,16 +40,12 @@ from .baselines import POSITION_FEATURES, position_features
 from .cache import split_model
 from .decode import Decoding, stack_groups
 from .infer import predict
+from .layout import (CV_HISTORY, DONE, MODEL_FILE, MODEL_JSON, RESULTS_FORMAT, SELECTION, STACK_SUFFIX, TIMING,
+                     model_dir, stack_run_name)
 from .task import Task
 
-STACK_SUFFIX = "+stack"
 STACK_MODEL_FILE = "stack.keras"
 N_POSITION = len(POSITION_FEATURES)
-
-
-def stack_run_name(base: str) -> str:
-    """The stack model's run name beside the per-slice run whose features it reads."""
-    return base + STACK_SUFFIX
 
 
 def build_stack_model(n_features: int, n_classes: int, *, hidden: int, dropout: float, seed: int) -> keras.Model:
@@ -255,7 +251,7 @@ class StackRun:
     # ---- the protocol ---------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """CV over (LR, fold) -> selection and decoding -> final fit -> test; writes the run's files and DONE."""
-        from .protocol import DONE, decoding_on_folds, job_seed, select
+        from .protocol import decoding_on_folds, job_seed, select
         exp, p = self.exp, self.profile
         t0 = time.perf_counter()
         model = self._build(job_seed(exp.seed, self.name, "build"))
@@ -270,13 +266,13 @@ class StackRun:
                 parts.append(hist)
                 oof[(lr, k)] = outs
         history = pd.concat(parts, ignore_index=True)
-        atomic.write_csv(self.dir / "cv_history.csv", history)
+        atomic.write_csv(self.dir / CV_HISTORY, history)
         self.timing["cv_s"] = time.perf_counter() - t0
         sel = select(history, "macro_f1", self.lrs, len(exp.folds))
         decoding, record = decoding_on_folds(exp, [oof[(sel["lr"], k)][sel["epochs"] - 1]
                                                    for k in range(len(exp.folds))])
         sel["decoding"] = record
-        atomic.write_json(self.dir / "selection.json", sel)
+        atomic.write_json(self.dir / SELECTION, sel)
         t0 = time.perf_counter()
         history, _, final = self._fit(trainer, exp.pool, sel["lr"], sel["epochs"],
                                       job_seed(exp.seed, self.name, "final"))
@@ -287,7 +283,7 @@ class StackRun:
         metrics = self._test(final, decoding)
         self.timing["test_s"] = time.perf_counter() - t0
         self._export(final, sel)
-        atomic.write_json(self.dir / "timing.json", {**self.timing, "feature_pass_s": 0.0, "foldinit_s": 0.0,
+        atomic.write_json(self.dir / TIMING, {**self.timing, "feature_pass_s": 0.0, "foldinit_s": 0.0,
                                                      "total_s": sum(self.timing.values())})
         atomic.write_text(self.dir / DONE, "")
         return metrics
@@ -310,18 +306,17 @@ class StackRun:
     def _export(self, model: keras.Model, sel: dict[str, Any]) -> None:
         """model/: the depth-0 run's model (the backbone that makes the features, Grad-CAM for `predict`), the stack
         model, and model.json saying how they combine."""
-        from .protocol import RESULTS_FORMAT
-        directory = self.dir / "model"
-        base_model = self.base.dir / "model"
+        directory = model_dir(self.dir)
+        base_model = model_dir(self.base.dir)
         directory.mkdir(parents=True, exist_ok=True)
-        atomic.atomic_write(directory / "model.keras", lambda path: shutil.copyfile(base_model / "model.keras", path))
+        atomic.atomic_write(directory / MODEL_FILE, lambda path: shutil.copyfile(base_model / MODEL_FILE, path))
         atomic.atomic_write(directory / STACK_MODEL_FILE, model.save)
-        meta = json.loads((base_model / "model.json").read_text())
+        meta = json.loads((base_model / MODEL_JSON).read_text())
         meta.update(results_format=RESULTS_FORMAT, depth=f"{self.base.depth}{STACK_SUFFIX}",
                     code_version=code_version(),
                     decoding={k: sel["decoding"][k] for k in ("kind", "offsets")},
                     stack={"file": STACK_MODEL_FILE, "position_features": list(POSITION_FEATURES)})
-        atomic.write_json(directory / "model.json", meta)
+        atomic.write_json(directory / MODEL_JSON, meta)
 
 
 def predict_stacks(model: keras.Model, ds, rows: np.ndarray, features: np.ndarray, view_of: np.ndarray,

@@ -5,7 +5,7 @@ names the metric that selects the learning rate and epoch count. Targets and mod
 one row per slice:
 
     classification  (C,)     one-hot class / class probabilities
-    regression      (1,)     the target in its own units (the model's fixed rescale, registry.head, makes it so)
+    regression      (1,)     the target in its own units (the model's fixed rescale, models.head, makes it so)
     multi           (C + 1,) both, the target last
 
 Losses. Regression is MSE on the target standardised with the training pool's mean and SD: ((out - y) / sd)²,
@@ -30,7 +30,6 @@ from .registry import TASKS
 
 CLASS_SCORES = ("val_loss", "val_accuracy", "val_macro_f1")
 TARGET_SCORES = ("val_mae", "val_rmse", "val_r2", "val_mae_mean_baseline")
-LOWER_IS_BETTER = frozenset({"loss", "mae", "rmse"})
 
 
 @dataclass(frozen=True)
@@ -127,14 +126,9 @@ class Task:
         return "mae" if self.kind == "regression" else profile_metric
 
 
-def lower_is_better(metric: str) -> bool:
-    """Direction of a metric named as in test_metrics.json or the history (val_ prefix allowed)."""
-    return metric.removeprefix("val_") in LOWER_IS_BETTER
-
-
 def make_task(kind: str, classes: tuple[str, ...], target: str | None, pool_targets: np.ndarray | None) -> Task:
     """The Task of a run, its standardisation from the training pool's targets (data.target_values checked them)."""
-    from .data import BenchmarkInputError
+    from .errors import BenchmarkInputError
     if kind == "classification":
         return Task(kind, classes)
     values = np.asarray(pool_targets, dtype=np.float64)

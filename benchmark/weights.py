@@ -19,14 +19,11 @@ import tempfile
 from pathlib import Path
 
 from .catalog import IMAGENET, KERAS_APPLICATIONS_URL, ImagenetFile
+from .errors import WeightsMissing
 
 OFFLINE_ENV = "CARDIAC_BENCH_OFFLINE"
 BASE_URL_ENV = "CARDIAC_BENCH_WEIGHTS_URL"
 USABLE = ("ok", "unpinned")   # the states a run loads as they are
-
-
-class WeightsMissing(FileNotFoundError):
-    """ImageNet weights are not in the Keras cache and cannot be downloaded."""
 
 
 def cache_dir() -> Path:

@@ -69,7 +69,8 @@ def results_with_model(tmp_path_factory, tiny_synthetic) -> Path:
     import shutil
 
     from benchmark import report
-    from benchmark.registry import build_model, get_spec
+    from benchmark.registry import get_spec
+    from benchmark.models import build_model
     out = tmp_path_factory.mktemp("results") / "results_small"
     shutil.copytree(RESULTS_SMALL, out)
     results = report.load_results(out)

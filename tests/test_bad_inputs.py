@@ -28,7 +28,8 @@ from benchmark import profiles, report
 from benchmark.__main__ import main as benchmark_main
 from benchmark.grid import make_experiment
 from benchmark.preprocess import Preprocessing
-from benchmark.protocol import RESULTS_FORMAT, ModelRun
+from benchmark.layout import RESULTS_FORMAT
+from benchmark.protocol import ModelRun
 from benchmark.registry import get_spec
 from data_prep import images
 from data_prep.__main__ import main as data_prep_main
@@ -455,7 +456,7 @@ def _(c: Ctx) -> Case:
 @case("predict/model_json_names_another_backbone")
 def _(c: Ctx) -> Case:
     """A CBR-Tiny model.keras under a model.json that says MobileNet (same input size, three classes)."""
-    from benchmark.registry import build_model
+    from benchmark.models import build_model
     run = fake_model(c.tmp / "run")
     build_model(get_spec("cbr_tiny"), 32, 3, seed=0).save(run / "model" / "model.keras")
     return Case("predict", ["--model", run, c.tiny, "--out", c.tmp / "o"],

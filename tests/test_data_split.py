@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmark.data import (BenchmarkInputError, Dataset, Slots, make_folds, oversample_factors, train_test_split,
-                            view_angle)
+from benchmark.data import Dataset, Slots, make_folds, oversample_factors, train_test_split, view_angle
+from benchmark.errors import BenchmarkInputError
 
 
 @pytest.fixture(scope="module")

@@ -114,7 +114,7 @@ def test_resume_after_the_final_fit_uses_the_saved_model(tiny_synthetic, tmp_pat
 def test_results_from_other_settings_are_refused(tiny_synthetic, tmp_path):
     """A run directory is reused only for the same settings; the data may have moved, its content may not change."""
     from data_prep import atomic
-    from benchmark.data import BenchmarkInputError
+    from benchmark.errors import BenchmarkInputError
 
     def run_for(seed, data=tiny_synthetic):
         exp = make_experiment(data, tiny_profile(), seed, tmp_path / "out", "none", use_cache=True,

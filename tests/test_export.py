@@ -11,8 +11,9 @@ import pytest
 from benchmark.__main__ import main
 from benchmark.export import CARD
 from benchmark.preprocess import Preprocessing
-from benchmark.protocol import RESULTS_FORMAT
-from benchmark.registry import build_model, get_spec
+from benchmark.layout import RESULTS_FORMAT
+from benchmark.registry import get_spec
+from benchmark.models import build_model
 
 
 @pytest.fixture(scope="module")

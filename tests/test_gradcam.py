@@ -8,7 +8,8 @@ import pytest
 from keras import layers
 
 from benchmark import gradcam
-from benchmark.registry import POOLED, build_model, cam_layer_name, get_spec, head
+from benchmark.registry import POOLED, get_spec
+from benchmark.models import build_model, cam_layer_name, head
 
 SIZE, SQUARE = 32, 6
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from benchmark import jobs
-from benchmark.data import BenchmarkInputError
+from benchmark.errors import BenchmarkInputError
 from benchmark.grid import make_experiment
 from benchmark.jobs import InProcess, Job, build_graph, run_jobs
 from benchmark.profiles import get_profile

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.data import BenchmarkInputError, nested_subsets, patient_order, subset_size
+from benchmark.data import nested_subsets, patient_order, subset_size
+from benchmark.errors import BenchmarkInputError
 from data_prep.manifest import Stack, write_dataset
 
 CLASSES = ("OAP", "IN", "OBS")

@@ -24,8 +24,9 @@ from benchmark import predict  # noqa: E402
 from benchmark.__main__ import main  # noqa: E402
 from benchmark.data import Dataset  # noqa: E402
 from benchmark.preprocess import Preprocessing  # noqa: E402
-from benchmark.protocol import RESULTS_FORMAT  # noqa: E402
-from benchmark.registry import HEAD_DENSE, HEAD_DROPOUT, HEAD_OUT, POOLED, build_model, get_spec  # noqa: E402
+from benchmark.layout import RESULTS_FORMAT  # noqa: E402
+from benchmark.registry import HEAD_DENSE, HEAD_DROPOUT, HEAD_OUT, POOLED, get_spec  # noqa: E402
+from benchmark.models import build_model  # noqa: E402
 from data_prep.errors import DataPrepError  # noqa: E402
 from data_prep.manifest import Stack, write_dataset  # noqa: E402
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from benchmark import predict
-from benchmark.data import BenchmarkInputError
+from benchmark.errors import BenchmarkInputError
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "reference_scd0000101"
 

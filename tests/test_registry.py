@@ -7,8 +7,8 @@ import pytest
 
 from benchmark.cache import depth0_start, split_model
 from benchmark.catalog import BACKBONE_KEYS, IMAGENET
-from benchmark.registry import (BACKBONES, POOLED, WeightsMissing, build_model, cam_layer_name,
-                                first_unfrozen_index, get_spec, resolve_weights, set_depth)
+from benchmark.registry import BACKBONES, POOLED, WeightsMissing, get_spec, resolve_weights
+from benchmark.models import build_model, cam_layer_name, first_unfrozen_index, set_depth
 from benchmark.weights import OFFLINE_ENV
 
 # Trainable parameters (3 classes) at depth 0 and depth 1; the smallest legal input (counts do not depend on it).

@@ -12,7 +12,8 @@ import pytest
 
 from benchmark import predict, report
 from benchmark.__main__ import main
-from benchmark.data import BenchmarkInputError, Dataset
+from benchmark.data import Dataset
+from benchmark.errors import BenchmarkInputError
 from benchmark.grid import make_experiment
 from benchmark.protocol import ModelRun, select
 from benchmark.registry import get_spec

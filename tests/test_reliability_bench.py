@@ -9,10 +9,12 @@ import pytest
 
 from benchmark import jobs, profiles
 from benchmark.__main__ import main as benchmark_main
-from benchmark.data import BenchmarkInputError, Dataset, holdout_patients, train_test_split
+from benchmark.data import Dataset, holdout_patients, train_test_split
+from benchmark.errors import BenchmarkInputError
 from benchmark.grid import make_experiment
 from benchmark.predict import REPORT_PREFIX, report_names
-from benchmark.protocol import DONE, ModelRun
+from benchmark.layout import DONE
+from benchmark.protocol import ModelRun
 from benchmark.registry import get_spec
 from data_prep import atomic
 from data_prep.errors import DataPrepError

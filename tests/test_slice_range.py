@@ -168,12 +168,8 @@ def test_several_sources_make_one_dataset_with_prefixed_patients(two_sources):
 def test_several_sources_are_stratified_and_refused_when_they_clash(two_sources, tmp_path):
     import shutil
 
-    from benchmark.data import (
-        BenchmarkInputError,
-        Dataset,
-        make_folds,
-        train_test_split,
-    )
+    from benchmark.data import Dataset, make_folds, train_test_split
+    from benchmark.errors import BenchmarkInputError
     from benchmark.grid import _load_split
     a, b = two_sources
     ds = Dataset.load_many([a, b])
