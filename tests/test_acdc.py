@@ -407,6 +407,7 @@ def real_imports(shared_data, tmp_path_factory):
     return result
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_real_hdf5_counts_and_order(real_imports):
     df = real_imports["hdf5"]
@@ -424,6 +425,7 @@ def test_real_hdf5_counts_and_order(real_imports):
     json.dumps(meta)
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_real_nifti_matches_the_hdf5_import(real_imports):
     nifti, hdf5 = real_imports["nifti"], real_imports["hdf5"]

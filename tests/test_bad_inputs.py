@@ -602,6 +602,7 @@ def test_a_cache_built_for_other_data_is_not_trusted(tiny_synthetic, tmp_path):
     assert (key_a / "meta.json").read_bytes() == meta_a
 
 
+@pytest.mark.slow
 def test_diverging_learning_rates_are_recorded_and_excluded(tiny_synthetic, tmp_path, monkeypatch, capsys):
     """An infinite LR makes the first update NaN (a huge finite one such as 1e38 need not: once the ReLUs die the
     clipped cross-entropy stays finite, so whether it overflows depends on the batch). MobileNetV2 tries inf and 1e-3: the diverged folds stay in the

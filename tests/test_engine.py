@@ -23,6 +23,7 @@ def tiny_profile(**kw):
     return get_profile("quick").with_overrides(**{**base, **kw})
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tiny_grid):
     """The uninterrupted tiny grid (conftest): results layout, summary, metrics, provenance, no-leak fold models."""
     args, a, _ = tiny_grid
@@ -57,6 +58,7 @@ def test_cli_end_to_end(tiny_grid):
                                                                        "final_s", "test_s")))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("depth", [0, 1])
 def test_cached_equals_per_epoch_path_without_augmentation(tiny_synthetic, tmp_path, depth):
     profile = tiny_profile(rotation_deg=0.0, cache_dtype="float32")
@@ -99,6 +101,7 @@ def test_augmentation_never_touches_validation_or_test(tiny_synthetic, tmp_path,
     assert len(preds) == len(exp.test) and set(preds.patient) == set(exp.ds.rows.patient[exp.test])
 
 
+@pytest.mark.slow
 def test_resume_after_the_final_fit_uses_the_saved_model(tiny_synthetic, tmp_path):
     """Killed after the final model was saved but before the test: the resumed test uses the saved model."""
     exp = make_experiment(tiny_synthetic, tiny_profile(epochs=2), 0, tmp_path, "none", use_cache=True,
@@ -135,6 +138,7 @@ def test_results_from_other_settings_are_refused(tiny_synthetic, tmp_path):
         run_for(0).check_dir(force=False)
 
 
+@pytest.mark.slow
 def test_cv_fits_in_threads_equal_fits_one_at_a_time(tiny_synthetic, tmp_path):
     """Cached depth-0 CV fits run two at a time in threads (each with its own copy of the head and its own
     Trainer) give exactly the histories and the selection of fits run one after another."""

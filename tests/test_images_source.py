@@ -406,6 +406,7 @@ def assert_no_stack_metrics(columns) -> None:
     assert not stacky, stacky
 
 
+@pytest.mark.slow
 def test_benchmark_and_report_run_on_a_four_class_image_set(tree4, tmp_path, capsys):
     """Folder tree -> `data_prep images` -> `python -m benchmark` -> `benchmark.report` (model figures included),
     with the class list taken from the data throughout."""

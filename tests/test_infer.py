@@ -64,6 +64,7 @@ def test_padded_inference_compiles_one_batch_shape_and_returns_only_the_real_row
     np.testing.assert_allclose(out, np.asarray(model(x, training=False)), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_features_at_another_precision_get_their_own_cache(tiny_synthetic, tmp_path):
     """The precision is in the cache key and recorded beside the features; the batch size changes neither.
     (ResNet50V2: its random-init features are not ~0, unlike MobileNet's, so the comparison says something.)"""
@@ -87,6 +88,7 @@ def test_features_at_another_precision_get_their_own_cache(tiny_synthetic, tmp_p
     assert np.linalg.norm(half - full) / np.linalg.norm(full) < 0.05
 
 
+@pytest.mark.slow
 def test_perf_feature_pass_times_each_setting_and_measures_the_drift(tiny_synthetic, tmp_path):
     from benchmark import perf
     out = tmp_path / "fp.json"

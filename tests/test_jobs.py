@@ -63,6 +63,7 @@ def test_graph_dependencies(tiny_exp):
     assert all(d.run == j.run or j.run == d.run + "+stack" for j, deps in graph0.items() for d in deps)
 
 
+@pytest.mark.slow
 def test_kill9_at_three_random_moments_then_resume_equals_uninterrupted(tiny_grid, tmp_path):
     """kill -9 at three random moments (a random number of finished jobs, plus a random fraction of a second so the
     kill lands inside a job), a SIGTERM, then a full resume: the results equal the uninterrupted run's."""
@@ -93,6 +94,7 @@ def test_kill9_at_three_random_moments_then_resume_equals_uninterrupted(tiny_gri
     same_results(reference, out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("executor", ["local", "ray"])
 def test_two_workers_give_the_uninterrupted_results(executor, tiny_grid, tmp_path):
     if executor == "ray":
@@ -119,6 +121,7 @@ def failing(step: str, times: int, exc: Exception):
     return step_fn, calls
 
 
+@pytest.mark.slow
 def test_a_failing_job_is_retried_once(tiny_exp, monkeypatch, capsys):
     fn, calls = failing("final", 1, RuntimeError("flaky"))
     monkeypatch.setitem(jobs.STEPS, "final", fn)
@@ -127,6 +130,7 @@ def test_a_failing_job_is_retried_once(tiny_exp, monkeypatch, capsys):
     assert (tiny_exp.out / "mobilenet_d0" / "DONE").is_file()
 
 
+@pytest.mark.slow
 def test_a_job_failing_twice_fails_its_run_and_dependents_only(tiny_exp, monkeypatch):
     fn, calls = failing("final", 2, RuntimeError("broken final"))
     monkeypatch.setitem(jobs.STEPS, "final", fn)

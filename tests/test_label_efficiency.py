@@ -119,6 +119,7 @@ FAST = ["--backbone", "mobilenet", "--depth", "0", "--profile", "quick", "--epoc
         "--weights", "none", "--test-fraction", "0.2"]
 
 
+@pytest.mark.slow
 def test_cli_label_efficiency_end_to_end(balanced_data, tmp_path, capsys):
     from benchmark import report
     from benchmark.__main__ import main

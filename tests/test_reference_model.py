@@ -42,6 +42,7 @@ def test_model_card_reports_the_baseline_beside_the_model():
     assert all(digest in card for digest in (predict.REFERENCE_SUMS.read_text().split()[::2][:2]))
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_predict_without_model_reproduces_the_reference_predictions(shared_data, tmp_path, capsys):
     out = tmp_path / "predictions"

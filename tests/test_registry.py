@@ -61,6 +61,7 @@ def test_build_and_freeze(key):
         assert len(model.get_layer(cam_layer_name(model, spec)).output.shape) == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["vgg16", "nasnetmobile"])
 def test_split_reproduces_the_model(key):
     """prefix -> suffix equals the whole model; NASNet's last cell reads two earlier tensors."""

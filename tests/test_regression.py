@@ -44,6 +44,7 @@ def regression_results(tiny_synthetic, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_regression_cli_end_to_end(regression_results, tiny_synthetic):
     out = regression_results
     ds = Dataset.load(tiny_synthetic, TARGET)
@@ -79,6 +80,7 @@ def test_regression_cli_end_to_end(regression_results, tiny_synthetic):
     assert "| mae | rmse | r2 | mae_mean_baseline |" in md and "f1_in" not in md
 
 
+@pytest.mark.slow
 def test_report_of_a_regression_results_dir(regression_results, tmp_path):
     written = {p.name for p in report.write_report(report.load_results(regression_results), tmp_path, n_boot=20,
                                                    log=lambda s: None)}
@@ -93,6 +95,7 @@ def test_report_of_a_regression_results_dir(regression_results, tmp_path):
     assert "| network | depth | weights | MAE | RMSE | R² | baseline MAE |" in md
 
 
+@pytest.mark.slow
 def test_multi_task_cli(tiny_synthetic, tmp_path):
     out = tmp_path / "out"
     assert main(["--task", "multi", "--backbone", "mobilenet", "--depth", "0", "--data", str(tiny_synthetic),
@@ -114,6 +117,7 @@ def test_multi_task_cli(tiny_synthetic, tmp_path):
     assert {"val_macro_f1", "val_accuracy", "val_mae", "val_r2"} <= set(hist.columns)
 
 
+@pytest.mark.slow
 def test_regression_cached_equals_per_epoch_path_without_augmentation(tiny_synthetic, tmp_path):
     """Depth 0 only: what differs from a classifier is the head, and the depth-1 paths are task-blind (the classifier
     test in test_engine.py covers both depths)."""
@@ -135,6 +139,7 @@ def test_regression_cached_equals_per_epoch_path_without_augmentation(tiny_synth
                                atol=1e-4 * r_cached.task.sd)
 
 
+@pytest.mark.slow
 def test_cbr_regression_from_scratch(tiny_synthetic, tmp_path):
     """A CBR baseline trains every layer: its fresh per-job model must carry the regression head and rescale too.
     LR 1e-3: at the quick profile's 1e-2 the from-scratch MSE blows up on this tiny phantom."""
@@ -197,6 +202,7 @@ def test_bad_target_one_clear_message(case, odd_targets, tmp_path, capsys):
     assert not list(out.glob("**/*.*")) and not list(out.glob("**/DONE"))  # not even folds.csv
 
 
+@pytest.mark.slow
 def test_predict_refuses_a_regression_model(regression_results):
     with pytest.raises(BenchmarkInputError, match="a regression model of 'lv_cavity_px'; predict needs a slice"):
         predict.read_model_json(regression_results / "mobilenet_d0" / "model")

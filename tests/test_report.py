@@ -167,6 +167,7 @@ def test_missing_model_and_dataset_say_so(results, tmp_path):
         report.run_dataset(run, tmp_path / "nowhere")
 
 
+@pytest.mark.slow
 def test_model_figures_on_a_regenerated_model(results_with_model, tiny_synthetic):
     results = report.load_results(results_with_model)
     run = report.default_cam_run(results)  # no VGG16 in the fixture: the best run
