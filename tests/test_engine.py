@@ -77,6 +77,7 @@ def test_cached_equals_per_epoch_path_without_augmentation(tiny_synthetic, tmp_p
                                atol=1e-4)
 
 
+@pytest.mark.slow
 def test_augmentation_never_touches_validation_or_test(tiny_synthetic, tmp_path, monkeypatch):
     """Per-epoch path: training slots come from the fold's training rows only; validation inputs are unrotated."""
     import benchmark.protocol as protocol

@@ -31,6 +31,7 @@ def run_dir(tmp_path_factory):
     return run, model, prep
 
 
+@pytest.mark.slow
 def test_savedmodel_export_matches_keras(run_dir, tmp_path, capsys):
     import tensorflow as tf
     run, model, prep = run_dir

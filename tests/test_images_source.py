@@ -96,6 +96,7 @@ def test_classes_option_fixes_the_order(tree4, tmp_path):
     (lambda r: "inside" if r.label == "IN" else "outside", ("inside", "outside")),
     (lambda r: r.pos4 if r.label == "IN" else r.label, ("OAP", "OBS", "apical", "basal", "mid")),
 ])
+@pytest.mark.slow
 def test_class_list_comes_from_the_data(phantom, tmp_path, classify, expected):
     """2 and 5 classes: the manifest, the engine's Dataset and the benchmark's summary all use the folders' classes."""
     from benchmark.data import Dataset

@@ -190,6 +190,7 @@ def test_model_figures_on_a_regenerated_model(results_with_model, tiny_synthetic
         == ["OAP (n=2)", "IN (n=52)", "OBS (n=2)", "misclassified (0)"]
 
 
+@pytest.mark.slow
 def test_cli_writes_every_table_and_the_figures(results_small, tmp_path, capsys):
     out = tmp_path / "report"
     assert report.main([str(results_small), "--out", str(out), "--n-boot", "20", "--jobs", "1", "--data",
