@@ -333,53 +333,59 @@ def _summarise(what: str, items: list[str]) -> str:
     return f"{what}: {shown}"
 
 
-def build(src: str | os.PathLike, out: str | os.PathLike, *, patient_regex: str | None = None,
-          no_groups: bool = False, classes: str | None = None, dataset: str | None = None,
-          overwrite: bool = False) -> Path:
-    """Import an image set (see the module docstring) into the dataset directory `out`; returns its path."""
-    src = Path(src)
+def _is_csv(src: Path) -> bool:
+    """True for a CSV, False for a folder tree; DataPrepError for anything else."""
     if not src.exists():
         raise DataPrepError(f"SRC {src} not found")
     is_csv = src.is_file()
     if is_csv and src.suffix.lower() != ".csv":
         raise DataPrepError(f"SRC {src}: expected a folder with one folder per class, or a .csv file")
-    root = (src.parent if is_csv else src).resolve()
-    if patient_regex is not None and no_groups:
-        raise DataPrepError("--patient-regex and --no-groups exclude each other")
-    rx = compile_regex(patient_regex)
-    given = parse_classes(classes)
+    return is_csv
 
+
+def _scan(src: Path, is_csv: bool, rx: re.Pattern | None, no_groups: bool) -> tuple[list[Entry], list[str]]:
+    """The source's entries and the extra columns copied to the manifest (a folder tree has none)."""
     if is_csv:
-        entries, extras = scan_csv(src, patient_from_path=rx is not None or no_groups)
-    else:
-        entries, extras = scan_folders(src), []
-        if rx is None and not no_groups:
-            raise DataPrepError(f"SRC {src}: patients cannot be determined from a folder tree; give "
-                                f"--patient-regex (e.g. '^([^_]+)_' on file names <patient>_...), or --no-groups "
-                                f"to treat every image as its own patient (cross-validation then is not "
-                                f"patient-grouped)")
-    # a CSV may list images anywhere, so each one is an input --out must not overlap; checked before reading
-    inputs = [src, *(e.path for e in entries)]
-    check_out_dir(out, overwrite, inputs)
-    notes: list[str] = []
+        return scan_csv(src, patient_from_path=rx is not None or no_groups)
+    entries = scan_folders(src)
+    if rx is None and not no_groups:
+        raise DataPrepError(f"SRC {src}: patients cannot be determined from a folder tree; give "
+                            f"--patient-regex (e.g. '^([^_]+)_' on file names <patient>_...), or --no-groups "
+                            f"to treat every image as its own patient (cross-validation then is not "
+                            f"patient-grouped)")
+    return entries, []
+
+
+def _assign_patients(entries: list[Entry], src: Path, rx: re.Pattern | None, no_groups: bool) -> list[str]:
+    """Sets each entry's patient from --patient-regex or --no-groups (a CSV's patient column is already set);
+    returns the warnings for dataset.json (--no-groups has one)."""
     if no_groups:
-        if entries[0].frame is not None:
-            raise DataPrepError(f"{src}: --no-groups cannot be combined with frame/slice columns (a stack "
-                                f"belongs to one patient)")
-        width = max(5, len(str(len(entries) - 1)))
-        for k, e in enumerate(entries):
-            e.patient = f"img{k:0{width}d}"
-        loud = ("--no-groups: every image is its own patient, so cross-validation and the test split will NOT be "
-                "patient-grouped; images of one patient can fall into both training and validation and inflate "
-                "every metric")
-        notes.append(loud)
-        bar = "!" * 100
-        print(f"{bar}\ndata_prep images: WARNING: {loud}\n{bar}", file=sys.stderr)
-    elif rx is not None:
+        return [_one_patient_per_image(entries, src)]
+    if rx is not None:
         for e in entries:
             e.patient = _check_id(patient_from_regex(rx, e.regex_target), "patient", f"--patient-regex on {e.name}")
-    where = str(src)
-    class_list = resolve_classes([e.label for e in entries], given, sort=not is_csv, where=where)
+    return []
+
+
+def _one_patient_per_image(entries: list[Entry], src: Path) -> str:
+    """--no-groups: patients img00000, img00001, ... in entry order; returns the warning, already shown on stderr
+    (at once, so that it is seen even when the import fails later)."""
+    if entries[0].frame is not None:
+        raise DataPrepError(f"{src}: --no-groups cannot be combined with frame/slice columns (a stack "
+                            f"belongs to one patient)")
+    width = max(5, len(str(len(entries) - 1)))
+    for k, e in enumerate(entries):
+        e.patient = f"img{k:0{width}d}"
+    loud = ("--no-groups: every image is its own patient, so cross-validation and the test split will NOT be "
+            "patient-grouped; images of one patient can fall into both training and validation and inflate "
+            "every metric")
+    bar = "!" * 100
+    print(f"{bar}\ndata_prep images: WARNING: {loud}\n{bar}", file=sys.stderr)
+    return loud
+
+
+def _checked_stacks(entries: list[Entry], where: str) -> list[list[Entry]]:
+    """The stacks, with one split per patient, one pixel spacing per stack and image names that do not collide."""
     stacks = _group_stacks(entries, where)
     if any(e.split is not None for e in entries):
         _check_per(stacks, "split", "patient", where)
@@ -389,8 +395,12 @@ def build(src: str | os.PathLike, out: str | os.PathLike, *, patient_regex: str 
     if clash:
         raise DataPrepError(f"{where}: patient/frame pairs collide in the image name {clash[0]}_sNN; "
                             f"use ids that do not differ only by where '_' splits them")
+    return stacks
 
-    # first pass: read every file once, keeping only what the dataset.json needs, so memory stays small
+
+def _check_images(entries: list[Entry]) -> tuple[dict[Path, Pixels], dict[Path, str]]:
+    """Every file read once: (readable files with their spacing and colour flag, unreadable files with the reason).
+    The pixels are dropped, so that memory stays small; they are read again when the stacks are written."""
     pixels: dict[Path, Pixels] = {}
     bad: dict[Path, str] = {}
     for e in tqdm(entries, desc="checking images", unit="image"):
@@ -399,10 +409,18 @@ def build(src: str | os.PathLike, out: str | os.PathLike, *, patient_regex: str 
             bad[e.path] = got
         else:
             pixels[e.path] = Pixels(np.empty(0), got.spacing_mm, got.colour)
+    return pixels, bad
+
+
+def _readable_stacks(entries: list[Entry], stacks: list[list[Entry]], bad: dict[Path, str], class_list: list[str],
+                     where: str) -> tuple[list[list[Entry]], list[str]]:
+    """The stacks without an unreadable slice (a stack with a gap is no stack), and the warning about those
+    skipped; DataPrepError when nothing, or nothing of a class, remains."""
     kept = [s for s in stacks if not any(e.path in bad for e in s)]
     if not kept:
         raise DataPrepError(_summarise(f"{where}: none of the {len(entries)} image files could be read",
                                        list(bad.values())))
+    notes = []
     if bad:
         dropped = sum(len(s) for s in stacks) - sum(len(s) for s in kept)
         extra = "" if dropped == len(bad) else (f", and {dropped - len(bad)} readable slice(s) of the stacks they "
@@ -413,30 +431,58 @@ def build(src: str | os.PathLike, out: str | os.PathLike, *, patient_regex: str 
     if empty:
         raise DataPrepError(f"{where}: class {empty[0]!r}: none of its images could be read "
                             f"({_summarise('e.g.', [bad[e.path] for e in entries if e.label == empty[0]])})")
-    colour = [e.name for s in kept for e in s if pixels[e.path].colour]
-    if colour:
-        notes.append(_summarise(f"{len(colour)} colour image(s) converted to grey (luma)", colour))
+    return kept, notes
+
+
+def _colour_notes(stacks: list[list[Entry]], pixels: dict[Path, Pixels]) -> list[str]:
+    colour = [e.name for s in stacks for e in s if pixels[e.path].colour]
+    return [_summarise(f"{len(colour)} colour image(s) converted to grey (luma)", colour)] if colour else []
+
+
+def _read_stacks(plan: list[tuple[list[Entry], float | None]], extras: list[str]) -> Iterator[Stack]:
+    """The stacks with their pixels, read again one stack at a time (each with its pixel spacing from `plan`)."""
+    for stack, spacing in tqdm(plan, desc="writing stacks", unit="stack"):
+        images = []
+        for e in stack:
+            got = read_pixels(e.path)
+            if isinstance(got, str):
+                raise DataPrepError(f"{got} (it was readable a moment ago: did the file change?)")
+            images.append(got.image)
+        first = stack[0]
+        yield Stack(patient=first.patient, frame=first.frame, images=images,
+                    labels=[e.label for e in stack], sources=[e.name for e in stack],
+                    pixel_spacing_mm=spacing, split=first.split,
+                    extra={c: [e.extra[c] for e in stack] for c in extras})
+
+
+def build(src: str | os.PathLike, out: str | os.PathLike, *, patient_regex: str | None = None,
+          no_groups: bool = False, classes: str | None = None, dataset: str | None = None,
+          overwrite: bool = False) -> Path:
+    """Import an image set (see the module docstring) into the dataset directory `out`; returns its path."""
+    src = Path(src)
+    is_csv = _is_csv(src)
+    if patient_regex is not None and no_groups:
+        raise DataPrepError("--patient-regex and --no-groups exclude each other")
+    rx = compile_regex(patient_regex)
+    given = parse_classes(classes)
+    entries, extras = _scan(src, is_csv, rx, no_groups)
+    # a CSV may list images anywhere, so each one is an input --out must not overlap; checked before reading
+    inputs = [src, *(e.path for e in entries)]
+    check_out_dir(out, overwrite, inputs)
+    notes = _assign_patients(entries, src, rx, no_groups)
+    where = str(src)
+    class_list = resolve_classes([e.label for e in entries], given, sort=not is_csv, where=where)
+    stacks = _checked_stacks(entries, where)
+    pixels, bad = _check_images(entries)
+    kept, skipped = _readable_stacks(entries, stacks, bad, class_list, where)
+    notes += skipped + _colour_notes(kept, pixels)
     plan = [(s, _stack_spacing(s, pixels, where)) for s in kept]
     print_warnings("images", notes)
-
-    def generate() -> Iterator[Stack]:
-        for stack, spacing in tqdm(plan, desc="writing stacks", unit="stack"):
-            images = []
-            for e in stack:
-                got = read_pixels(e.path)
-                if isinstance(got, str):
-                    raise DataPrepError(f"{got} (it was readable a moment ago: did the file change?)")
-                images.append(got.image)
-            first = stack[0]
-            yield Stack(patient=first.patient, frame=first.frame, images=images,
-                        labels=[e.label for e in stack], sources=[e.name for e in stack],
-                        pixel_spacing_mm=spacing, split=first.split,
-                        extra={c: [e.extra[c] for e in stack] for c in extras})
-
     options = {"layout": "csv" if is_csv else "folders", "patient_regex": patient_regex, "no_groups": no_groups,
                "classes": given, "n_files": len(entries), "n_skipped": len(bad)}
-    return write_dataset(out, dataset or root.name, generate(), source=str(src), options=options, warnings=notes,
-                         classes=class_list, overwrite=overwrite, inputs=inputs)
+    root = (src.parent if is_csv else src).resolve()
+    return write_dataset(out, dataset or root.name, _read_stacks(plan, extras), source=str(src), options=options,
+                         warnings=notes, classes=class_list, overwrite=overwrite, inputs=inputs)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
