@@ -53,7 +53,7 @@ def export(run: Path, fmt: str, out: Path | None = None) -> Path:
     import keras
 
     from .errors import BenchmarkInputError
-    from .predict import model_directory, read_model_json
+    from .predict.load import model_directory, read_model_json
     directory = model_directory(run)
     meta, prep = read_model_json(directory)
     out = out or directory.parent / f"export_{fmt}"

@@ -20,7 +20,12 @@ from dicom_factory import orientation_for, write_dicom  # noqa: E402
 from matplotlib.backend_bases import KeyEvent  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from benchmark import predict  # noqa: E402
+from benchmark.predict.decide import StackPrediction, frame_key  # noqa: E402
+from benchmark.predict.draw import DISPLAY_PX, grid_shape  # noqa: E402
+from benchmark.predict.load import SLICE_CLASSES, TrainedModel  # noqa: E402
+from benchmark.predict.network import predict_batch  # noqa: E402
+from benchmark.predict.study import nifti_order  # noqa: E402
+from benchmark.predict.viewer import PredictionViewer  # noqa: E402
 from benchmark.__main__ import main  # noqa: E402
 from benchmark.data import Dataset  # noqa: E402
 from benchmark.preprocess import Preprocessing  # noqa: E402
@@ -238,28 +243,27 @@ def test_bad_studies(run_dir, tmp_path, capsys):
 
 def test_nifti_order_from_the_affine_or_the_flags():
     base = nib.Nifti1Image(np.zeros((2, 2, 3), np.float32), np.diag([-1.0, -1.0, 1.0, 1.0]))
-    assert predict.nifti_order(base, 3, "apex_first", "v")[0] == [0, 1, 2]
-    assert predict.nifti_order(base, 3, "base_first", "v")[0] == [2, 1, 0]
+    assert nifti_order(base, 3, "apex_first", "v")[0] == [0, 1, 2]
+    assert nifti_order(base, 3, "base_first", "v")[0] == [2, 1, 0]
     with pytest.raises(DataPrepError, match="body axis"):
-        predict.nifti_order(base, 3, None, "v")
+        nifti_order(base, 3, None, "v")
     bare = nib.Nifti1Image(np.zeros((2, 2, 3), np.float32), None)
     with pytest.raises(DataPrepError, match="no sform or qform"):
-        predict.nifti_order(bare, 3, None, "v")
+        nifti_order(bare, 3, None, "v")
     # slice axis (RAS) (-1, 1, -1)/sqrt 3 is the LPS apex direction: positions grow towards the apex
     oblique = np.eye(4)
     oblique[:3, 2] = np.array([-1.0, 1.0, -1.0]) / np.sqrt(3.0) * 8
-    order, evidence, notes = predict.nifti_order(nib.Nifti1Image(np.zeros((2, 2, 3), np.float32), oblique), 3,
-                                                 None, "v")
+    order, evidence, notes = nifti_order(nib.Nifti1Image(np.zeros((2, 2, 3), np.float32), oblique), 3, None, "v")
     assert order == [2, 1, 0] and evidence["cos_normal_apex"] == pytest.approx(1.0) and notes == []
     oblique[:3, 2] *= -1
-    assert predict.nifti_order(nib.Nifti1Image(np.zeros((2, 2, 3), np.float32), oblique), 3, None, "v")[0] == [0, 1, 2]
+    assert nifti_order(nib.Nifti1Image(np.zeros((2, 2, 3), np.float32), oblique), 3, None, "v")[0] == [0, 1, 2]
 
 
 def test_grid_frame_order_and_summary():
-    assert predict.grid_shape(12) == (2, 6)
-    assert predict.grid_shape(8) == (1, 8)
-    assert predict.grid_shape(20) == (3, 7)
-    assert sorted(["10", "2", "ES", "0", "ED"], key=predict.frame_key) == ["0", "2", "10", "ED", "ES"]
+    assert grid_shape(12) == (2, 6)
+    assert grid_shape(8) == (1, 8)
+    assert grid_shape(20) == (3, 7)
+    assert sorted(["10", "2", "ES", "0", "ED"], key=frame_key) == ["0", "2", "10", "ED", "ES"]
     stack = fake_stack(proba=[[.8, .1, .1], [.2, .7, .1], [.6, .3, .1], [.1, .8, .1], [.1, .1, .8]],
                        slices=[3, 4, 5, 6, 7])
     assert stack.monotone.tolist() == [0, 1, 1, 1, 2]
@@ -288,8 +292,8 @@ def test_probabilities_and_gradcam_of_the_argmax_class():
     a0 = np.arange(16, dtype=np.float32).reshape(4, 4) / 8
     a1 = np.ones((4, 4), np.float32) * 1.5
     x = np.stack([a0, a1, np.zeros((4, 4), np.float32)], axis=-1)[None]
-    trained = predict.TrainedModel(Path("."), model, "mobilenet", 0, predict.SLICE_CLASSES, None, "fmap", {})
-    proba, features, cams = predict.predict_batch(trained, x)
+    trained = TrainedModel(Path("."), model, "mobilenet", 0, SLICE_CLASSES, None, "fmap", {})
+    proba, features, cams = predict_batch(trained, x)
     assert features is None  # only a stack model reads pooled features
     assert proba.argmax() == 2  # logits (0, 0, (0.9375 + 10) - 0.5 * (1.5 + 10))
     assert np.allclose(proba, model.predict(x, verbose=0), atol=1e-6)
@@ -299,13 +303,13 @@ def test_probabilities_and_gradcam_of_the_argmax_class():
 
 # ------------------------------------------------------------------------------------------ viewer
 
-def fake_stack(proba, slices, frame="ED") -> predict.StackPrediction:
+def fake_stack(proba, slices, frame="ED") -> StackPrediction:
     from benchmark.decode import monotone_decode
     proba = np.asarray(proba, float)
     n = len(proba)
-    return predict.StackPrediction(
+    return StackPrediction(
         patient="p", frame=frame, name=frame, rows=np.arange(n), slices=np.asarray(slices), proba=proba,
-        monotone=monotone_decode(proba), views=[np.full((predict.DISPLAY_PX,) * 2, k / n) for k in range(n)],
+        monotone=monotone_decode(proba), views=[np.full((DISPLAY_PX,) * 2, k / n) for k in range(n)],
         cams=[np.eye(3) for _ in range(n)])
 
 
@@ -319,7 +323,7 @@ def test_viewer_keys():
     fig = Figure()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     FigureCanvasAgg(fig)
-    viewer = predict.PredictionViewer(stacks, SimpleNamespace(name="m", classes=CLASSES, stack=None), fig=fig)
+    viewer = PredictionViewer(stacks, SimpleNamespace(name="m", classes=CLASSES, stack=None), fig=fig)
 
     def images_per_tile():
         return max(len(ax.images) for ax in fig.axes)

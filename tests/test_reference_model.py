@@ -10,43 +10,41 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark import predict
+from benchmark.predict import load, main
 from benchmark.errors import BenchmarkInputError
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "reference_scd0000101"
 
 
 def test_reference_files_match_their_checksums():
-    predict.check_reference()
-    names = {line.split(maxsplit=1)[1] for line in predict.REFERENCE_SUMS.read_text().splitlines()}
+    load.check_reference()
+    names = {line.split(maxsplit=1)[1] for line in (load.REFERENCE / load.SUMS).read_text().splitlines()}
     assert {"model/model.keras", "model/model.json", "MODEL_CARD.md"} <= names
 
 
-def test_a_damaged_reference_model_is_refused(tmp_path, monkeypatch):
+def test_a_damaged_reference_model_is_refused(tmp_path):
     copy = tmp_path / "reference"
-    shutil.copytree(predict.REFERENCE, copy)
+    shutil.copytree(load.REFERENCE, copy)
     data = bytearray((copy / "model" / "model.keras").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (copy / "model" / "model.keras").write_bytes(bytes(data))
-    monkeypatch.setattr(predict, "REFERENCE", copy)
-    monkeypatch.setattr(predict, "REFERENCE_SUMS", copy / "SHA256SUMS")
     with pytest.raises(BenchmarkInputError, match="model.keras: does not match its sha256"):
-        predict.check_reference()
+        load.check_reference(copy)
 
 
 def test_model_card_reports_the_baseline_beside_the_model():
-    card = (predict.REFERENCE / "MODEL_CARD.md").read_text()
+    card = (load.REFERENCE / "MODEL_CARD.md").read_text()
     assert "every slice IN" in card and "95 %" in card
-    meta = json.loads((predict.REFERENCE_MODEL / "model.json").read_text())
+    meta = json.loads((load.REFERENCE_MODEL / "model.json").read_text())
     assert f"depth {meta['depth']}" in card and meta["decoding"]["kind"] in card
-    assert all(digest in card for digest in (predict.REFERENCE_SUMS.read_text().split()[::2][:2]))
+    assert all(digest in card for digest in ((load.REFERENCE / load.SUMS).read_text().split()[::2][:2]))
 
 
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_predict_without_model_reproduces_the_reference_predictions(shared_data, tmp_path, capsys):
     out = tmp_path / "predictions"
-    assert predict.main([str(shared_data / "sunnybrook" / "SCD0000101"), "--out", str(out)]) == 0
+    assert main([str(shared_data / "sunnybrook" / "SCD0000101"), "--out", str(out)]) == 0
     assert "every slice IN (baseline)" in capsys.readouterr().out
     got, want = pd.read_csv(out / "predictions.csv"), pd.read_csv(FIXTURE / "predictions.csv")
     labels = ["patient", "frame", "slice", "n_slices", "argmax", "monotone"]
