@@ -45,7 +45,7 @@ def test_run_status(tmp_path):
 def test_format_check_names_the_file_and_the_fix(tmp_path):
     layout.check_format(tmp_path / "config.json", {"results_format": layout.RESULTS_FORMAT}, fix="x")
     for record in ({"results_format": layout.RESULTS_FORMAT + 1}, {}, [1]):
-        with pytest.raises(BenchmarkInputError, match=r"config.json: results_format .* use another --out"):
+        with pytest.raises(BenchmarkInputError, match=r"config.json: written in results format .*; this code writes 1 .* use another --out"):
             layout.check_format(tmp_path / "config.json", record, fix="use another --out")
 
 
