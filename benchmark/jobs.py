@@ -1,19 +1,22 @@
 """The run grid as an explicit job graph, and the executors that run it.
 
-Jobs of one model run (protocol.ModelRun), with what each needs first:
+Jobs of one model run (protocol.ModelRun), with what each needs first; the graph owns every dependency, and a job
+that reads another job's output is handed it (`start_head`):
 
     features          the frozen part's outputs for the augmentation bank (cached path only)
-    cv lr k           features; at depth 1 also <backbone>_d0 foldinit k (the depth-0 model of the same fold)
-    select            every cv job of the run
+    cv lr k           features; at depth 1 also <backbone>_d0 foldinit k, whose head it starts from
+    cv_sweep          instead of the cv jobs, where the executor lets a job run fits in threads and the run's fits
+                      gain from it (fits.parallel_fits): features; every CV fit of the run, several at a time
+    select            every cv job (or the cv_sweep) of the run
     foldinit k        depth 0, when depth 1 of the backbone is planned: select
-    final             select; at depth 1 also <backbone>_d0 final
+    final             select; at depth 1 also <backbone>_d0 final, whose head it starts from
     test              final; writes test metrics, timing.json and the run's DONE marker
     stack             (depth 0 of a pretrained backbone, cached path, slice-range data) features and final: the
                       whole stack-context run <backbone>_d0+stack (stack.py), seconds of work
 
-Every job writes its output atomically with a completion marker (protocol.ModelRun.marker), so a re-run skips
-what is done and redoes what is not, and a job's result depends only on its inputs and seed (protocol.job_seed):
-which executor ran it, in which process and in which order, does not enter. Executors:
+Every job writes its output atomically with a completion marker (`markers`), so a re-run skips what is done and
+redoes what is not, and a job's result depends only on its inputs and seed (run_spec.job_seed): which executor ran
+it, in which process and in which order, does not enter. Executors:
 
     local, --workers 1   in this process, in the paper's order (progress bars shown)
     local, --workers N   N spawned worker processes
@@ -25,6 +28,7 @@ need it are skipped, while the rest of the grid goes on. Bad input and an unwrit
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import queue
 import signal
@@ -33,15 +37,18 @@ import time
 import traceback
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from tqdm.auto import tqdm
 
 from data_prep import atomic
 from .errors import USER_ERRORS, BenchmarkInputError
-from .layout import ERROR, TEST_METRICS, run_name, stack_run_name
+from .fits import Head, load_head, parallel_fits
+from .layout import DONE, ERROR, SELECTION, TEST_METRICS, job_dir, job_dir_name, run_name, stack_run_name
 from .protocol import Experiment, ModelRun
 from .registry import get_spec
+from .run_spec import RunSpec, learning_rates
 from .stack import StackRun
 from .log import get as get_log
 from .tf_quiet import quiet_tensorflow
@@ -56,7 +63,7 @@ DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPER
 class Job:
     backbone: str
     depth: int
-    step: str                # features | cv | select | foldinit | final | test
+    step: str                # features | cv | cv_sweep | select | foldinit | final | test | stack
     lr: float | None = None
     fold: int | None = None
 
@@ -65,10 +72,48 @@ class Job:
         name = run_name(self.backbone, self.depth)
         return stack_run_name(name) if self.step == "stack" else name
 
+    def folder(self, out: Path) -> Path:
+        """Where a features, cv, foldinit or final job writes its outputs."""
+        return job_dir(out / self.run, job_dir_name(self.step, self.lr, self.fold))
+
     def __str__(self) -> str:
         detail = (f" lr {self.lr:g}" if self.lr is not None else "") + (f" fold {self.fold}"
                                                                         if self.fold is not None else "")
         return f"{self.run} {self.step}{detail}"
+
+
+def start_of(job: Job) -> Job | None:
+    """The depth-0 job whose head a depth-1 fit starts from: the fold model of its fold, or the final model."""
+    if job.depth != 1 or job.step not in ("cv", "final"):
+        return None
+    return Job(job.backbone, 0, "foldinit" if job.step == "cv" else "final", fold=job.fold)
+
+
+def start_head(exp: Experiment, job: Job) -> Head | None:
+    """What `start_of(job)` wrote for the job to start from (None: the job starts from its own seed)."""
+    source = start_of(job)
+    return None if source is None else load_head(source.folder(exp.out))
+
+
+def sweep_fits(exp: Experiment, sweep: Job) -> list[Job]:
+    """The CV fits a cv_sweep job runs: every (LR, fold) of its run."""
+    lrs = learning_rates(exp, get_spec(sweep.backbone), sweep.depth)
+    return [Job(sweep.backbone, sweep.depth, "cv", lr, k) for lr in lrs for k in range(len(exp.folds))]
+
+
+def markers(exp: Experiment, job: Job) -> list[Path]:
+    """The files whose presence says a job is complete, each written last, after the job's outputs."""
+    if job.step == "cv_sweep":
+        return [m for fit in sweep_fits(exp, job) for m in markers(exp, fit)]
+    if job.step == "select":
+        return [exp.out / job.run / SELECTION]
+    if job.step in ("test", "stack"):
+        return [exp.out / job.run / DONE]
+    return [job.folder(exp.out) / DONE]
+
+
+def is_done(exp: Experiment, job: Job) -> bool:
+    return all(m.is_file() for m in markers(exp, job))
 
 
 def with_dependencies(pairs: list[tuple[str, int]]) -> list[tuple[str, int]]:
@@ -81,52 +126,60 @@ def with_dependencies(pairs: list[tuple[str, int]]) -> list[tuple[str, int]]:
     return out
 
 
-def build_graph(exp: Experiment, pairs: list[tuple[str, int]]) -> "OrderedDict[Job, tuple[Job, ...]]":
-    """Job -> the jobs it needs, in the order a single process runs them (the paper's model order)."""
+def build_graph(exp: Experiment, pairs: list[tuple[str, int]],
+                fit_threads: bool = False) -> "OrderedDict[Job, tuple[Job, ...]]":
+    """Job -> the jobs it needs, in the order a single process runs them (the paper's model order).
+    `fit_threads`: whether the executor lets one job run fits in threads (Executor.fit_threads)."""
     graph: OrderedDict[Job, tuple[Job, ...]] = OrderedDict()
     pairs = with_dependencies(pairs)
-    folds = range(len(exp.folds))
     for key, depth in pairs:
         spec = get_spec(key)
-        lrs = exp.profile.for_backbone(spec).lrs(depth, spec.pretrained, exp.task.has_target)
         features = (Job(key, depth, "features"),) if exp.use_cache else ()
         for job in features:
             graph[job] = ()
-        cv = []
-        for lr in lrs:
-            for k in folds:
-                job = Job(key, depth, "cv", lr, k)
-                graph[job] = features + ((Job(key, 0, "foldinit", fold=k),) if depth == 1 else ())
-                cv.append(job)
+        if parallel_fits(exp, spec, depth, fit_threads) > 1:
+            cv = [Job(key, depth, "cv_sweep")]
+            graph[cv[0]] = features
+        else:
+            cv = [Job(key, depth, "cv", lr, k) for lr in learning_rates(exp, spec, depth)
+                  for k in range(len(exp.folds))]
+            for job in cv:
+                graph[job] = features + _start(job)
         select = Job(key, depth, "select")
         graph[select] = tuple(cv)
         if depth == 0 and (key, 1) in pairs:
-            for k in folds:
+            for k in range(len(exp.folds)):
                 graph[Job(key, 0, "foldinit", fold=k)] = (select,)
         final = Job(key, depth, "final")
-        graph[final] = (select,) + ((Job(key, 0, "final"),) if depth == 1 else ())
+        graph[final] = (select,) + _start(final)
         graph[Job(key, depth, "test")] = (final,)
         if depth == 0 and spec.pretrained and exp.stack_models:
             graph[Job(key, 0, "stack")] = features + (final,)
     return graph
 
 
+def _start(job: Job) -> tuple[Job, ...]:
+    source = start_of(job)
+    return () if source is None else (source,)
+
+
 # ---- running one job (in whichever process the executor chose) -----------------------------------------------------
 STEPS: dict[str, Callable[[ModelRun, Job], Any]] = {
     "features": lambda run, job: run.features(),
-    # where fits may run in threads, the first CV job of a run starts all of its pending CV fits
-    "cv": lambda run, job: run.cv_jobs(None if run.parallel_fits() > 1 else [(job.lr, job.fold)]),
+    "cv": lambda run, job: run.cv_job(job.lr, job.fold, start=start_head(run.spec.exp, job)),
+    # the graph has a sweep only where its executor allows threads
+    "cv_sweep": lambda run, job: run.cv_sweep(parallel_fits(run.spec.exp, run.spec.backbone, job.depth, True)),
     "select": lambda run, job: run.selection(),
-    "foldinit": lambda run, job: run.fold_head(job.fold),
-    "final": lambda run, job: run.final(),
-    "test": lambda run, job: run.test_job(),
-    "stack": lambda run, job: StackRun(run).run(),
+    "foldinit": lambda run, job: run.foldinit(job.fold),
+    "final": lambda run, job: run.final(start=start_head(run.spec.exp, job)),
+    "test": lambda run, job: run.test(),
+    "stack": lambda run, job: StackRun(run.spec).run(run),
 }
 
 
-class _Worker:
-    """A process's experiments and model runs, kept between jobs so that images are read and a model is built and
-    compiled once per process, not once per job. An experiment is known by its output directory (one per grid).
+class Worker:
+    """The experiments and model runs of one process, kept between jobs so that images are read and a model is built
+    and compiled once per process, not once per job. An experiment is known by its output directory (one per grid).
 
     Only the most recent runs are kept: a model run holds its network and cached tensors in memory."""
 
@@ -135,33 +188,33 @@ class _Worker:
     def __init__(self) -> None:
         self.experiments: dict[str, Experiment] = {}
         self.runs: OrderedDict[tuple[str, str, int], ModelRun] = OrderedDict()
-        self.threads_allowed = False  # the in-process executor allows CV fits in threads (see ModelRun.parallel_fits)
 
     def run_for(self, exp: Experiment, job: Job) -> ModelRun:
         exp = self.experiments.setdefault(str(exp.out), exp)
         key = (str(exp.out), job.backbone, job.depth)
         if key not in self.runs:
             self.runs[key] = ModelRun(exp, get_spec(job.backbone), job.depth)
-            self.runs[key].threads_allowed = self.threads_allowed
             while len(self.runs) > self.keep_runs:
                 self.runs.popitem(last=False)
         self.runs.move_to_end(key)
         return self.runs[key]
 
+    def execute(self, exp: Experiment, job: Job) -> float:
+        """Run one job unless its markers say it is done; returns the seconds it took (0 when skipped).
 
-_WORKER = _Worker()
+        Worker processes receive the Experiment pickled: the dataset's rows and the split, not its images."""
+        run = self.run_for(exp, job)
+        if is_done(run.spec.exp, job):
+            return 0.0
+        t0 = time.perf_counter()
+        STEPS[job.step](run, job)
+        return time.perf_counter() - t0
 
 
-def execute(exp: Experiment, job: Job) -> float:
-    """Run one job unless its marker says it is done; returns the seconds it took (0 when skipped).
-
-    Worker processes receive the Experiment pickled: the dataset's rows and the split, not its images."""
-    run = _WORKER.run_for(exp, job)
-    if run.marker(job.step, job.lr, job.fold).is_file():
-        return 0.0
-    t0 = time.perf_counter()
-    STEPS[job.step](run, job)
-    return time.perf_counter() - t0
+@functools.cache
+def process_worker() -> Worker:
+    """The Worker of a worker process, which serves jobs for as long as the process lives."""
+    return Worker()
 
 
 def _quiet_worker() -> None:
@@ -171,16 +224,22 @@ def _quiet_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when workers stop
 
 
+def _pool_execute(exp: Experiment, job: Job) -> float:
+    return process_worker().execute(exp, job)
+
+
 def _remote_execute(exp: Experiment, job: Job) -> float:
     _quiet_worker()
-    return execute(exp, job)
+    return process_worker().execute(exp, job)
 
 
 # ---- executors: where jobs run ------------------------------------------------------------------------------------
 class Executor:
-    """Runs jobs asynchronously: submit() starts one, completed() yields (job, seconds or exception) as they end."""
+    """Runs jobs asynchronously: submit() starts one, completed() yields (job, seconds or exception) as they end.
+    `fit_threads`: whether one job may run several fits in threads (build_graph then plans CV sweeps)."""
 
     slots = 1
+    fit_threads = False
 
     def submit(self, exp: Experiment, job: Job) -> None:
         raise NotImplementedError
@@ -199,11 +258,14 @@ class Executor:
 
 
 class InProcess(Executor):
-    """Jobs one after another in this process; a cached depth-0 run's CV fits in threads (one job, see STEPS)."""
+    """Jobs one after another in this process, whose cores are otherwise idle: a cached depth-0 run's CV fits may
+    then run in threads (one cv_sweep job)."""
+
+    fit_threads = True
 
     def __init__(self) -> None:
         self.pending: list[tuple[Experiment, Job]] = []
-        _WORKER.threads_allowed = True
+        self.worker = Worker()
 
     def submit(self, exp, job):
         self.pending.append((exp, job))
@@ -211,7 +273,7 @@ class InProcess(Executor):
     def completed(self):
         exp, job = self.pending.pop(0)
         try:
-            yield job, execute(exp, job)
+            yield job, self.worker.execute(exp, job)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001  the scheduler records, retries or stops on it
@@ -227,7 +289,7 @@ class ProcessPool(Executor):
         self.done: queue.Queue = queue.Queue()
 
     def submit(self, exp, job):
-        self.pool.apply_async(execute, (exp, job), callback=lambda s: self.done.put((job, s)),
+        self.pool.apply_async(_pool_execute, (exp, job), callback=lambda s: self.done.put((job, s)),
                               error_callback=lambda e: self.done.put((job, e)))
 
     def completed(self):
@@ -293,23 +355,21 @@ def run_jobs(exp: Experiment, pairs: list[tuple[str, int]], executor: Executor, 
 
     The caller closes the executor (it may serve several experiments, e.g. the points of a label-efficiency curve);
     on an exception, closing it with cancel abandons the jobs in flight."""
-    graph = build_graph(exp, pairs)
-    runs = [ModelRun(exp, get_spec(key), depth) for key, depth in with_dependencies(pairs)]
-    runs += [StackRun(mr) for mr in runs if Job(mr.spec.key, mr.depth, "stack") in graph]
+    graph = build_graph(exp, pairs, executor.fit_threads)
+    runs = _runs(exp, graph)
     if not force:  # a run directory of other settings or an older format is refused before OUT changes at all
-        for mr in runs:
-            mr.check_dir(force=False)
+        for run in runs:
+            run.check_dir(force=False)
     exp.write_folds(exp.out)
-    finished = {mr.name: mr.prepare(force) for mr in runs}
-    done = {j for j in graph if finished[j.run] or ModelRun.marker_of(exp, j.backbone, j.depth, j.step,
-                                                                      j.lr, j.fold).is_file()}
+    finished = {run.name: run.prepare(force) for run in runs}
+    done = {j for j in graph if finished[j.run] or is_done(exp, j)}
     failed: dict[str, str] = {}
     attempts: dict[Job, int] = {}
     inflight: set[Job] = set()
     todo = [j for j in graph if j not in done]
     total, n_done = len(todo), 0
-    for name, is_done in finished.items():
-        if is_done:
+    for name, complete in finished.items():
+        if complete:
             LOG.info(f"{name}: finished earlier ({_scores(exp, name)}), skipped")
     # a bar with the ETA over the whole graph on a terminal (tqdm leaves it out when stderr is not one)
     bar = tqdm(total=total, desc=f"{exp.out.name}: jobs", unit="job", leave=False, file=sys.stderr,
@@ -353,6 +413,32 @@ def run_jobs(exp: Experiment, pairs: list[tuple[str, int]], executor: Executor, 
     for name, error in failed.items():
         atomic.write_text(exp.out / name / ERROR, error)
     return sorted(failed)
+
+
+def _runs(exp: Experiment, graph: "OrderedDict[Job, tuple[Job, ...]]") -> list[RunSpec | StackRun]:
+    """The runs whose jobs are in the graph, in its order."""
+    specs = [RunSpec.of(exp, get_spec(key), depth) for key, depth in dict.fromkeys((j.backbone, j.depth)
+                                                                                    for j in graph)]
+    return specs + [StackRun(s) for s in specs if Job(s.backbone.key, s.depth, "stack") in graph]
+
+
+def run_in_process(exp: Experiment, target: Job) -> None:
+    """`target` and every job it needs that is not done yet, one after another in this process in the graph's
+    order, without the scheduler's retries: a failing job raises."""
+    backbone = get_spec(target.backbone)
+    graph = build_graph(exp, [(target.backbone, 1 if backbone.pretrained else 0)])
+    needed, todo = set(), [target]
+    while todo:
+        job = todo.pop()
+        if job not in needed:
+            needed.add(job)
+            todo.extend(graph[job])
+    jobs = OrderedDict((j, graph[j]) for j in graph if j in needed)
+    finished = {run.name: run.prepare(force=False) for run in _runs(exp, jobs)}
+    worker = Worker()
+    for job in jobs:
+        if not finished[job.run]:
+            worker.execute(exp, job)
 
 
 def _scores(exp: Experiment, run: str) -> str:

@@ -11,7 +11,7 @@ extraction over the bank, the floor the cached path approaches, and "fits" the r
 step included). Both paths build the network before their clock starts (the same ~1 s either way). Depth 1 starts
 every fold from the same depth-0 fold models in both paths (built once beforehand, not timed), so only the depth-1
 fits differ. Fits run as under the default (in-process) executor: the cached depth-0 fits several at a time in
-threads (`ModelRun.parallel_fits`), all others one at a time.
+threads (`fits.parallel_fits`), all others one at a time.
 
 `--feature-pass` instead times the depth-0 feature pass alone at each precision and batch size (`--precisions`,
 `--batches`), on whatever device the Keras backend runs on, for choosing `infer.FEATURE_PASS`. Per setting it prints
@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     from .data import synthetic_default
     from .grid import make_experiment
     from .profiles import get_profile
+    from .fits import cv_pairs, load_head, parallel_fits
+    from .layout import job_dir_name
     from .protocol import ModelRun
     from .registry import get_spec
 
@@ -85,26 +87,34 @@ def main(argv: list[str] | None = None) -> int:
                 out = work / f"d{depth}_{'cached' if use_cache else 'plain'}"
                 exp = make_experiment(data, prof, 0, out, args.weights, use_cache=use_cache,
                                       cache_dir=work / f"cache_{depth}_{use_cache}")
+                starts = {}
                 if depth == 1:  # the depth-0 fold models both paths start from, built once and shared
                     shared = work / "d0_shared"
                     base = make_experiment(data, prof.with_overrides(lr_depth0=(prof.lr_depth0[0],)), 0, shared,
                                            args.weights, use_cache=True, cache_dir=work / "cache_shared")
                     d0 = ModelRun(base, spec, 0)
+                    for lr0, k in cv_pairs(d0.spec):
+                        d0.cv_job(lr0, k)
+                    d0.selection()
                     for k in range(args.folds):
-                        d0.fold_head(k)
-                    (out / d0.name).parent.mkdir(parents=True, exist_ok=True)
-                    os.symlink(shared / d0.name, out / d0.name)
+                        d0.foldinit(k)
+                        starts[k] = load_head(d0.spec.job_dir(job_dir_name("foldinit", fold=k)))
+                # as under the default (in-process) executor
+                threads = parallel_fits(exp, spec, depth, fit_threads=True)
                 run = ModelRun(exp, spec, depth)
-                run.threads_allowed = True  # as under the default (in-process) executor
-                run.model  # noqa: B018 (built, with its weights, before the clock starts: the same in both paths)
+                run.network()  # built, with its weights, before the clock starts: the same in both paths
                 t0 = time.perf_counter()
-                run.cv_jobs([(lr, k) for k in range(args.folds)])
+                if threads > 1:
+                    run.cv_sweep(threads)
+                else:
+                    for k in range(args.folds):
+                        run.cv_job(lr, k, start=starts.get(k))
                 timings["cached" if use_cache else "per_epoch"] = time.perf_counter() - t0
                 if use_cache:
-                    timings["feature_pass"] = run.timing.get("feature_pass_s", float("nan"))
-                    timings["bytes_per_view"] = run.timing.get("cache_bytes_per_view")
-                    timings["views"] = len(exp.cache_views(run.profile.bank_views))
-                    timings["concurrent_fits"] = run.parallel_fits()
+                    timings["feature_pass"] = run.fit_inputs().cache_cost.get("feature_pass_s", float("nan"))
+                    timings["bytes_per_view"] = run.fit_inputs().cache_cost.get("cache_bytes_per_view")
+                    timings["views"] = len(exp.cache_views(run.spec.profile.bank_views))
+                    timings["concurrent_fits"] = threads
             ratio = timings["per_epoch"] / timings["cached"]
             floor = timings["cached"] / timings["feature_pass"]
             print(f"depth{depth} {spec.key}: per-epoch {timings['per_epoch']:.1f} s, cached {timings['cached']:.1f} s, "

@@ -39,9 +39,13 @@ from data_prep.provenance import code_version
 from .baselines import POSITION_FEATURES, position_features
 from .cache import split_model
 from .decode import Decoding, stack_groups
+from .evaluate import evaluate, write_test
+from .fits import FitInputs
 from .infer import predict
 from .layout import (CV_HISTORY, DONE, MODEL_FILE, MODEL_JSON, RESULTS_FORMAT, SELECTION, STACK_SUFFIX, TIMING,
                      model_dir, stack_run_name)
+from .protocol import ModelRun, decoding_on_folds, select
+from .run_spec import RunSpec, check_run_dir, job_seed, prepare_run_dir
 from .task import Task
 
 STACK_MODEL_FILE = "stack.keras"
@@ -139,9 +143,10 @@ class StackTrainer:
 
 
 class StackRun:
-    """The stack-context model over one backbone's depth-0 run (protocol.ModelRun `base`); see the module doc."""
+    """The stack-context model over one backbone's depth-0 run (`base`); see the module doc. `run` gets that run's
+    ModelRun, whose cached features it trains on."""
 
-    def __init__(self, base):
+    def __init__(self, base: RunSpec):
         self.base, self.exp = base, base.exp
         self.name = stack_run_name(base.name)
         self.dir = self.exp.out / self.name
@@ -164,30 +169,28 @@ class StackRun:
         return cfg
 
     def check_dir(self, force: bool) -> bool:
-        from .protocol import check_run_dir
         return check_run_dir(self.dir, self.config(), force)
 
     def prepare(self, force: bool) -> bool:
-        from .protocol import prepare_run_dir
         return prepare_run_dir(self.dir, self.config(), self.exp, force)
 
     # ---- data ---------------------------------------------------------------------------------------------------
-    def _features(self) -> tuple[np.ndarray, Any, int | None]:
-        """(the cache's feature matrix, its CachedInputs, bank draws per slot or None without augmentation)."""
-        _, inputs, draws = self.base._inputs()
-        return inputs.arrays[0], inputs, (draws if self.exp.augment else None)
+    def _features(self, inputs: FitInputs) -> tuple[np.ndarray, Any, int | None]:
+        """(the cache's feature matrix, its CachedInputs, bank draws per slot or None without augmentation) of the
+        base run's fit inputs."""
+        return inputs.source.arrays[0], inputs.source, (inputs.draws if self.exp.augment else None)
 
     def _groups(self, rows: np.ndarray) -> list[np.ndarray]:
         """Row indices (into ds.rows) of each stack among `rows`, apex -> base."""
         return [rows[g] for g in stack_groups(self.exp.ds.stacks(rows))]
 
     # ---- one fit ------------------------------------------------------------------------------------------------
-    def _fit(self, trainer: StackTrainer, train_rows: np.ndarray, lr: float, epochs: int, seed: int,
-             val_rows: np.ndarray | None = None) -> tuple[pd.DataFrame, list[np.ndarray], keras.Model]:
+    def _fit(self, trainer: StackTrainer, base_inputs: FitInputs, train_rows: np.ndarray, lr: float, epochs: int,
+             seed: int, val_rows: np.ndarray | None = None) -> tuple[pd.DataFrame, list[np.ndarray], keras.Model]:
         """Train in place; (history with a `diverged` column, validation outputs per epoch (rows in val_rows
         order), the trained model reading raw features)."""
         ds, p = self.exp.ds, self.profile
-        feats, inputs, draws = self._features()
+        feats, inputs, draws = self._features(base_inputs)
         y = ds.rows.y.to_numpy()
         pos = position_features(ds.rows)
         n_c = len(self.classes)
@@ -196,7 +199,7 @@ class StackRun:
         plain = inputs.plain_positions(np.arange(len(y)))  # each row's un-augmented view
         mean, sd = feature_scale(feats[plain[train_rows]])
         feats = (feats - mean) / sd
-        trainer.model.set_weights(self._initial(seed))
+        trainer.model.set_weights(self._initial(seed, feats.shape[1]))
         trainer.reset(lr, seed)
         if val_rows is not None:
             val_groups = self._groups(val_rows)
@@ -238,29 +241,31 @@ class StackRun:
         history["diverged"] = diverged
         return history, outputs, with_scaling(trainer.model, mean, sd)
 
-    def _initial(self, seed: int) -> list[np.ndarray]:
+    def _initial(self, seed: int, n_features: int) -> list[np.ndarray]:
         """Initial weights of one fit: a freshly built model of that seed (every LR of a fold starts alike)."""
         keras.utils.set_random_seed(seed)
-        return self._build(seed).get_weights()
+        return self._build(seed, n_features).get_weights()
 
-    def _build(self, seed: int) -> keras.Model:
+    def _build(self, seed: int, n_features: int) -> keras.Model:
         p = self.profile
-        return build_stack_model(self._features()[0].shape[1], len(self.classes), hidden=p.stack_hidden,
-                                 dropout=p.stack_dropout, seed=seed)
+        return build_stack_model(n_features, len(self.classes), hidden=p.stack_hidden, dropout=p.stack_dropout,
+                                 seed=seed)
 
     # ---- the protocol ---------------------------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
-        """CV over (LR, fold) -> selection and decoding -> final fit -> test; writes the run's files and DONE."""
-        from .protocol import decoding_on_folds, job_seed, select
+    def run(self, base: ModelRun) -> dict[str, Any]:
+        """CV over (LR, fold) -> selection and decoding -> final fit -> test on the features of `base` (the
+        depth-0 run's ModelRun); writes the run's files and DONE."""
         exp, p = self.exp, self.profile
         t0 = time.perf_counter()
-        model = self._build(job_seed(exp.seed, self.name, "build"))
+        inputs = base.fit_inputs()
+        n_features = self._features(inputs)[0].shape[1]
+        model = self._build(job_seed(exp.seed, self.name, "build"), n_features)
         trainer = StackTrainer(model, exp.factors.astype(np.float32))
         parts, oof = [], {}
         for lr in self.lrs:
             for k, (tr, va) in enumerate(exp.folds):
-                hist, outs, _ = self._fit(trainer, tr, lr, p.stack_epochs, job_seed(exp.seed, self.name, f"fold{k}"),
-                                          va)
+                hist, outs, _ = self._fit(trainer, inputs, tr, lr, p.stack_epochs,
+                                          job_seed(exp.seed, self.name, f"fold{k}"), va)
                 hist.insert(0, "fold", k)
                 hist.insert(0, "lr", lr)
                 parts.append(hist)
@@ -274,13 +279,13 @@ class StackRun:
         sel["decoding"] = record
         atomic.write_json(self.dir / SELECTION, sel)
         t0 = time.perf_counter()
-        history, _, final = self._fit(trainer, exp.pool, sel["lr"], sel["epochs"],
+        history, _, final = self._fit(trainer, inputs, exp.pool, sel["lr"], sel["epochs"],
                                       job_seed(exp.seed, self.name, "final"))
         if history["diverged"].any():
             raise RuntimeError(f"{self.name}: the final fit diverged at LR {sel['lr']:g}")
         self.timing["final_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        metrics = self._test(final, decoding)
+        metrics = self._test(final, decoding, base)
         self.timing["test_s"] = time.perf_counter() - t0
         self._export(final, sel)
         atomic.write_json(self.dir / TIMING, {**self.timing, "feature_pass_s": 0.0, "foldinit_s": 0.0,
@@ -288,20 +293,22 @@ class StackRun:
         atomic.write_text(self.dir / DONE, "")
         return metrics
 
-    def _test(self, model: keras.Model, decoding: Decoding) -> dict[str, Any]:
-        from .protocol import write_class_test
+    def _test(self, model: keras.Model, decoding: Decoding, base: ModelRun) -> dict[str, Any]:
         exp = self.exp
-        feats, inputs, _ = self._features()
+        feats, inputs, _ = self._features(base.fit_inputs())
         if exp.test_ds is None:
             ds, rows = exp.ds, exp.test
             features, view_of = feats, inputs.plain_positions(rows)
         else:  # another dataset: its slices through the frozen backbone, as the cache made the training features
             ds, rows = exp.test_ds, np.arange(len(exp.test_ds.rows))
-            prefix, _ = split_model(self.base.model, self.base.start)
+            net = base.network()
+            prefix, _ = split_model(net.model, net.start)
             features = predict(prefix, [ds.make_inputs(rows, self.base.prep)])
             view_of = np.arange(len(rows))
         proba = predict_stacks(model, ds, rows, features, view_of, len(self.classes))
-        return write_class_test(self.dir, ds, rows, proba, self.classes, decoding, exp)
+        predictions, metrics = evaluate(ds, rows, proba, self.task, decoding, exp.baselines)
+        write_test(self.dir, predictions, metrics)
+        return metrics
 
     def _export(self, model: keras.Model, sel: dict[str, Any]) -> None:
         """model/: the depth-0 run's model (the backbone that makes the features, Grad-CAM for `predict`), the stack

@@ -494,7 +494,7 @@ def _(c: Ctx) -> Case:
 @case("report/results_of_an_older_version")
 def _(c: Ctx) -> Case:
     return report_case(results_copy(c, lambda cfg: {**cfg, "results_format": 99}), c,
-                       ("results_format 99 is not one this report reads",))
+                       ("written in results format 99", "this code writes 1"))
 
 
 @case("report/config_not_json")
@@ -583,8 +583,7 @@ def test_a_cache_built_for_other_data_is_not_trusted(tiny_synthetic, tmp_path):
         """The cached inputs of a CBR-Tiny run on data (its preprocessed views), through the engine's cache lookup."""
         exp = make_experiment(data, profile, 0, tmp_path / "out", "none", use_cache=True, test_fraction=0.25,
                               cache_dir=cache)
-        _, inputs, _ = ModelRun(exp, get_spec("cbr_tiny"), 0)._inputs()
-        return inputs.arrays[0]
+        return ModelRun(exp, get_spec("cbr_tiny"), 0).fit_inputs().source.arrays[0]
 
     def keys() -> list[Path]:
         return sorted(d for d in cache.iterdir() if not d.name.startswith("."))

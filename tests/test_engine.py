@@ -11,8 +11,11 @@ import pytest
 
 from benchmark.grid import make_experiment
 from benchmark.profiles import get_profile
+from benchmark.fits import parallel_fits
+from benchmark.jobs import Job, run_in_process, start_head, start_of
 from benchmark.protocol import ModelRun
 from benchmark.registry import get_spec
+from benchmark.run_spec import RunSpec
 
 RUN_FILES = ["config.json", "folds.csv", "cv_history.csv", "selection.json", "test_predictions.csv",
              "test_metrics.json", "timing.json", "model/model.keras", "model/model.json", "DONE"]
@@ -66,34 +69,37 @@ def test_cached_equals_per_epoch_path_without_augmentation(tiny_synthetic, tmp_p
     for use_cache in (True, False):
         exp = make_experiment(tiny_synthetic, profile, 0, tmp_path / str(use_cache), "none", use_cache=use_cache,
                               test_fraction=0.25)
+        lr = profile.lr_depth1[0] if depth else profile.lr_depth0[0]
+        cv = Job("mobilenet", depth, "cv", lr, 0)
+        if depth:  # the depth-0 fold model it starts from, made on the same path
+            run_in_process(exp, start_of(cv))
         run = ModelRun(exp, get_spec("mobilenet"), depth)
-        hist = run.cv_job(profile.lr_depth1[0] if depth else profile.lr_depth0[0], 0)
+        hist = run.cv_job(lr, 0, start=start_head(exp, cv))
         results.append((hist, run))
     (h_cached, r_cached), (h_plain, r_plain) = results
     np.testing.assert_allclose(h_cached.loss, h_plain.loss, rtol=1e-4)
     np.testing.assert_allclose(h_cached.val_loss, h_plain.val_loss, rtol=1e-4)
-    x = np.stack([r_plain.exp.ds.make_input(r, r_plain.prep) for r in r_plain.exp.test])
-    np.testing.assert_allclose(r_cached.model.predict(x, verbose=0), r_plain.model.predict(x, verbose=0),
-                               atol=1e-4)
+    x = np.stack([r_plain.spec.exp.ds.make_input(r, r_plain.spec.prep) for r in r_plain.spec.exp.test])
+    np.testing.assert_allclose(r_cached.network().model.predict(x, verbose=0),
+                               r_plain.network().model.predict(x, verbose=0), atol=1e-4)
 
 
 @pytest.mark.slow
 def test_augmentation_never_touches_validation_or_test(tiny_synthetic, tmp_path, monkeypatch):
     """Per-epoch path: training slots come from the fold's training rows only; validation inputs are unrotated."""
-    import benchmark.protocol as protocol
+    import benchmark.fits as fits
     seen = []
-    real_fit = protocol.fit
+    real_fit = fits.fit
 
     def spy(model, inputs, slots, y, s, task, *, val_rows=None, desc="", **kw):
         seen.append((desc, slots.rows.copy(), None if val_rows is None else inputs.plain(val_rows)[0]))
         return real_fit(model, inputs, slots, y, s, task, val_rows=val_rows, desc=desc, **kw)
 
-    monkeypatch.setattr(protocol, "fit", spy)
+    monkeypatch.setattr(fits, "fit", spy)
     exp = make_experiment(tiny_synthetic, tiny_profile(epochs=1), 0, tmp_path, "none", use_cache=False,
                           test_fraction=0.25)
-    run = ModelRun(exp, get_spec("mobilenet"), 0)
-    run.cv_job(1e-3, 1)
-    run.test()
+    run = RunSpec.of(exp, get_spec("mobilenet"), 0)
+    run_in_process(exp, Job("mobilenet", 0, "test"))
     (_, rows, val_x), = [s for s in seen if s[0].endswith("cv_lr0.001_f1")]
     tr, va = exp.folds[1]
     assert set(rows) <= set(tr) and not set(rows) & (set(va) | set(exp.test))
@@ -107,11 +113,13 @@ def test_resume_after_the_final_fit_uses_the_saved_model(tiny_synthetic, tmp_pat
     """Killed after the final model was saved but before the test: the resumed test uses the saved model."""
     exp = make_experiment(tiny_synthetic, tiny_profile(epochs=2), 0, tmp_path, "none", use_cache=True,
                           test_fraction=0.25)
-    first = ModelRun(exp, get_spec("mobilenet"), 0).run()
     run_dir = tmp_path / "mobilenet_d0"
+    run_in_process(exp, Job("mobilenet", 0, "test"))
+    first = json.loads((run_dir / "test_metrics.json").read_text())
     for name in ("DONE", "test_metrics.json", "test_predictions.csv"):
         (run_dir / name).unlink()
-    again = ModelRun(exp, get_spec("mobilenet"), 0).run()
+    run_in_process(exp, Job("mobilenet", 0, "test"))
+    again = json.loads((run_dir / "test_metrics.json").read_text())
     assert json.dumps(again, sort_keys=True) == json.dumps(first, sort_keys=True)
 
 
@@ -123,7 +131,7 @@ def test_results_from_other_settings_are_refused(tiny_synthetic, tmp_path):
     def run_for(seed, data=tiny_synthetic):
         exp = make_experiment(data, tiny_profile(), seed, tmp_path / "out", "none", use_cache=True,
                               test_fraction=0.25)
-        return ModelRun(exp, get_spec("mobilenet"), 0)
+        return RunSpec.of(exp, get_spec("mobilenet"), 0)
 
     first = run_for(0)
     atomic.write_json(first.dir / "config.json", first.config())
@@ -150,12 +158,12 @@ def test_cv_fits_in_threads_equal_fits_one_at_a_time(tiny_synthetic, tmp_path):
                               tmp_path / str(threads), "none", use_cache=True, test_fraction=0.25,
                               cache_dir=tmp_path / "cache")
         run = ModelRun(exp, get_spec("resnet50v2"), 0)  # random-init features that are not ~0, unlike MobileNet's
-        run.threads_allowed = True
-        assert run.parallel_fits() == threads
-        hist = run.cv()
-        jobs = [json.loads(p.read_text()) for p in sorted(run.dir.glob("jobs/cv_*/job.json"))]
+        assert parallel_fits(exp, get_spec("resnet50v2"), 0, fit_threads=True) == threads
+        run.cv_sweep(threads)
+        sel = run.selection()
+        jobs = [json.loads(p.read_text()) for p in sorted(run.spec.dir.glob("jobs/cv_*/job.json"))]
         assert len(jobs) == 4 and {j["concurrent_fits"] for j in jobs} == {threads}
-        results[threads] = hist, run.selection()
+        results[threads] = pd.read_csv(run.spec.dir / "cv_history.csv"), sel
     pd.testing.assert_frame_equal(results[1][0], results[2][0])
     assert results[1][1] == results[2][1]
     assert results[1][0].val_loss.notna().all() and results[1][0].val_loss.nunique() > 4  # real, varied fits

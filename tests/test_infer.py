@@ -74,7 +74,7 @@ def test_features_at_another_precision_get_their_own_cache(tiny_synthetic, tmp_p
         profile = get_profile("quick").with_overrides(n_folds=2, input_sizes={"resnet50v2": 32}, **kw)
         exp = make_experiment(tiny_synthetic, profile, 0, tmp_path / "out", "none", use_cache=True,
                               test_fraction=0.25, cache_dir=cache)
-        return ModelRun(exp, get_spec("resnet50v2"), 0)._inputs()[1].arrays[0]
+        return ModelRun(exp, get_spec("resnet50v2"), 0).fit_inputs().source.arrays[0]
 
     full = features()
     assert np.abs(full).mean() > 1e-3

@@ -15,6 +15,7 @@ from benchmark.__main__ import main
 from benchmark.data import Dataset
 from benchmark.errors import BenchmarkInputError
 from benchmark.grid import make_experiment
+from benchmark.jobs import Job, run_in_process
 from benchmark.protocol import ModelRun, select
 from benchmark.registry import get_spec
 from benchmark.task import Task
@@ -131,12 +132,13 @@ def test_regression_cached_equals_per_epoch_path_without_augmentation(tiny_synth
         hist = run.cv_job(profile.lr_depth0[0], 0)
         results.append((hist, run))
     (h_cached, r_cached), (h_plain, r_plain) = results
-    assert (r_cached.exp.factors == 1).all()  # no oversampling of outer classes for a regression
+    assert (r_cached.spec.exp.factors == 1).all()  # no oversampling of outer classes for a regression
     for col in ("loss", "val_loss", "val_mae"):
         np.testing.assert_allclose(h_cached[col], h_plain[col], rtol=1e-4)
-    x = np.stack([r_plain.exp.ds.make_input(r, r_plain.prep) for r in r_plain.exp.test])
-    np.testing.assert_allclose(r_cached.model.predict(x, verbose=0), r_plain.model.predict(x, verbose=0),
-                               atol=1e-4 * r_cached.task.sd)
+    x = np.stack([r_plain.spec.exp.ds.make_input(r, r_plain.spec.prep) for r in r_plain.spec.exp.test])
+    np.testing.assert_allclose(r_cached.network().model.predict(x, verbose=0),
+                               r_plain.network().model.predict(x, verbose=0),
+                               atol=1e-4 * r_cached.spec.task.sd)
 
 
 @pytest.mark.slow
@@ -146,7 +148,8 @@ def test_cbr_regression_from_scratch(tiny_synthetic, tmp_path):
     profile = tiny_profile(epochs=1, per_backbone={"cbr": {"epochs": 1, "lr_cbr": (1e-3,)}})
     exp = make_experiment(tiny_synthetic, profile, 0, tmp_path, "none", use_cache=True, test_fraction=0.25,
                           task="regression", target=TARGET)
-    m = ModelRun(exp, get_spec("cbr_tiny"), 0).run()
+    run_in_process(exp, Job("cbr_tiny", 0, "test"))
+    m = json.loads((tmp_path / "cbr_tiny" / "test_metrics.json").read_text())
     assert all(np.isfinite(m[k]) for k in REGRESSION_KEYS)
     preds = pd.read_csv(tmp_path / "cbr_tiny" / "test_predictions.csv")
     np.testing.assert_allclose(exported_outputs(tmp_path / "cbr_tiny", exp.ds, preds)[:, 0], preds.prediction,

@@ -15,6 +15,7 @@ from benchmark.grid import make_experiment
 from benchmark.predict import REPORT_PREFIX, report_names
 from benchmark.layout import DONE
 from benchmark.protocol import ModelRun
+from benchmark.run_spec import RunSpec
 from benchmark.registry import get_spec
 from data_prep import atomic
 from data_prep.errors import DataPrepError
@@ -39,7 +40,7 @@ def test_reimported_images_under_the_same_manifest_are_other_data(tiny_synthetic
     assert (b / "manifest.csv").read_bytes() == (tiny_synthetic / "manifest.csv").read_bytes()
     out = tmp_path / "out"
     exp = make_experiment(tiny_synthetic, quick(), 0, out, "none", use_cache=True, test_fraction=0.25)
-    run = ModelRun(exp, get_spec("cbr_tiny"), 0)
+    run = RunSpec.of(exp, get_spec("cbr_tiny"), 0)
     run.dir.mkdir(parents=True)
     atomic.write_json(run.dir / "config.json", run.config())
     (run.dir / DONE).write_text("")
@@ -64,14 +65,14 @@ def test_test_data_content_is_part_of_the_identity(tiny_synthetic, tmp_path):
     desc = exp.data_desc
     assert desc["test_data"]["content_sha256"] == Dataset.load(test).content_sha256
     assert desc["n_test_patients"] == 2 and desc["test_fraction_realised"] == 0.25
-    run = ModelRun(exp, get_spec("cbr_tiny"), 0)
+    run = RunSpec.of(exp, get_spec("cbr_tiny"), 0)
     run.dir.mkdir(parents=True)
     atomic.write_json(run.dir / "config.json", run.config())
     for png in (test / "images").glob("*.png"):
         cv2.imwrite(str(png), (255 - load_image(png)).astype(np.uint16))
     again = make_experiment(train, quick(), 0, tmp_path / "out", "none", use_cache=True, test_data=test)
     with pytest.raises(BenchmarkInputError, match=r"other settings \(data\)"):
-        ModelRun(again, get_spec("cbr_tiny"), 0).check_dir(force=False)
+        RunSpec.of(again, get_spec("cbr_tiny"), 0).check_dir(force=False)
 
 
 @pytest.mark.parametrize("fraction, n, expected", [(0.3, 30, 9), (0.9, 30, 27), (0.25, 8, 2), (0.2, 8, 2),
@@ -118,7 +119,7 @@ def test_a_user_error_inside_a_job_is_not_retried(error, tiny_synthetic, tmp_pat
     calls = []
 
     def bad_features(self):
-        calls.append(self.name)
+        calls.append(self.spec.name)
         raise error(f"image file {tiny_synthetic / 'images' / 'x.png'}: unreadable")
 
     monkeypatch.setattr(ModelRun, "features", bad_features)
@@ -151,7 +152,7 @@ def test_regression_cbr_learning_rates_do_not_diverge_by_default(tiny_synthetic,
         target = None if task == "classification" else "lv_cavity_px"
         exp = make_experiment(tiny_synthetic, profiles.get_profile("quick"), 0, tmp_path / task, "none",
                               use_cache=True, test_fraction=0.25, task=task, target=target)
-        assert ModelRun(exp, get_spec("cbr_tiny"), 0).lrs == lrs, task
+        assert RunSpec.of(exp, get_spec("cbr_tiny"), 0).lrs == lrs, task
         cv = {j.lr for j in jobs.build_graph(exp, [("cbr_tiny", 0)]) if j.step == "cv"}
         assert cv == set(lrs), task
-        assert ModelRun(exp, get_spec("mobilenet"), 0).lrs == (1e-2, 1e-3)  # pretrained grids are task-blind
+        assert RunSpec.of(exp, get_spec("mobilenet"), 0).lrs == (1e-2, 1e-3)  # pretrained grids are task-blind
