@@ -44,7 +44,7 @@ class Profile:
     feature_precision: str | None = None
     feature_batch: int | None = None
     # depth-0 CV fits on cached features run this many at a time in threads when jobs run in one process;
-    # None: one more than the cores, at most 4 (protocol.ModelRun.parallel_fits)
+    # None: one more than the cores, at most 4 (fits.parallel_fits)
     cv_threads: int | None = None
     # XLA for the depth-1 training step: None takes each backbone's measured choice (registry: depth1_xla)
     jit_compile_depth1: bool | None = None

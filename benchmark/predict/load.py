@@ -1,4 +1,4 @@
-"""The trained model predict runs: a model directory written by the benchmark (protocol.ModelRun._export) or the
+"""The trained model predict runs: a model directory written by the benchmark (protocol.export_model) or the
 released reference model under benchmark/reference/, checked before any study is read and loaded after."""
 from __future__ import annotations
 
