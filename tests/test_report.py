@@ -4,13 +4,18 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO
 
 from benchmark import report
+from benchmark.layout import TIMED_PHASES
 from benchmark.metrics import range_metrics
+from benchmark.report.table2 import _nanmean
 
 ORDER = ["mobilenet_d0", "mobilenet_d1", "mobilenetv2_d0", "mobilenetv2_d1", "cbr_tiny"]
 N_BOOT = 200
@@ -28,6 +33,18 @@ def table2(results):
 
 def read(path):
     return json.loads(path.read_text())
+
+
+def test_the_report_imports_no_tensorflow():
+    """Tables and figures from result files need no TensorFlow; model_figures imports Keras only to load a model."""
+    modules = ["benchmark.report", *(f"benchmark.report.{m}" for m in ("results", "columns", "table1", "table2",
+                                                                        "figures", "label_efficiency",
+                                                                        "model_figures", "write", "cli"))]
+    code = (f"import sys\nimport {', '.join(modules)}\n"
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, "
+            "sorted(m for m in sys.modules if m.startswith(('tensorflow', 'keras')))[:5]")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_runs_in_the_papers_order(results):
@@ -87,7 +104,7 @@ def test_per_stack_range_averages_to_range_metrics():
     assert len(per) == 3
     full = range_metrics(y, pred, stacks)
     for key in ("range_exact", "range_within1", "boundary_mae"):
-        assert report._nanmean(per[key].to_numpy(float)) == pytest.approx(full[key])
+        assert _nanmean(per[key].to_numpy(float)) == pytest.approx(full[key])
     # by hand: stack a/ED predicts IN at slice 2 only (apical error 1, basal 0); a/ES predicts no IN
     assert per["range_within1"].tolist()[:2] == [1.0, 0.0]
     assert per["boundary_mae"].iloc[0] == 0.5 and math.isnan(per["boundary_mae"].iloc[1])
@@ -100,7 +117,7 @@ def test_table1_is_timing_json(results_small, results):
         t = read(results_small / row.run / "timing.json")
         assert row.cv_s == t["cv_s"] and row.final_s == t["final_s"] and row.test_s == t["test_s"]
         assert row.total_s == pytest.approx(t["total_s"])
-        assert t["total_s"] == pytest.approx(sum(t[k] for k in report.TIMED_PHASES))
+        assert t["total_s"] == pytest.approx(sum(t[k] for k in TIMED_PHASES))
         assert row.total_min == pytest.approx(row.total_s / 60)
     assert t1.set_index("run").loc["cbr_tiny", "input_px"] == 32
     assert "| MobileNet α0.25 | 0 | 96 |" in report.table1_markdown(t1)
