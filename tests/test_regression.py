@@ -83,8 +83,8 @@ def test_regression_cli_end_to_end(regression_results, tiny_synthetic):
 
 @pytest.mark.slow
 def test_report_of_a_regression_results_dir(regression_results, tmp_path):
-    written = {p.name for p in report.write_report(report.load_results(regression_results), tmp_path, n_boot=20,
-                                                   log=lambda s: None)}
+    written = {p.name for p in report.write_report(report.load_results(regression_results), tmp_path,
+                                                   report.ReportOptions(n_boot=20), log=lambda s: None)}
     assert {"table2_test.csv", "table2_test.md", "fig3_curves.png", "fig4_scatter.png"} <= written
     # class figures do not apply: omitted, not drawn empty
     assert not {"fig4_confusion.png", "fig4_selection.png", "fig5_tsne.png", "fig6_gradcam.png"} & written
