@@ -16,6 +16,8 @@ spells paths and names through this module.
 from __future__ import annotations
 
 import functools
+import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from .registry import BACKBONES, CBR, PRETRAINED
 
 RESULTS_FORMAT = 1
 
-# ---- file names -------------------------------------------------------------------------------------------------------
+# ---- file names ----------------------------------------------------------------------------------------------------
 DONE = "DONE"
 ERROR = "error.txt"
 CONFIG = "config.json"
@@ -111,24 +113,56 @@ def job_step(job_dir_name: str) -> str:
     return job_dir_name.split("_")[0]
 
 
-# ---- timed phases: job.json seconds summed per step into timing.json, Table 1's columns --------------------------------
+# ---- timed phases: job.json seconds summed per step into timing.json, Table 1's columns ------------------------------
 TIMED_STEPS = {"features": "feature_pass_s", "cv": "cv_s", "foldinit": "foldinit_s", "final": "final_s",
                "test": "test_s"}
 TIMED_PHASES = tuple(TIMED_STEPS.values())
 
 
+class JobClock:
+    """A job's clocks, started when the job starts: seconds of work (monotonic) and its wall-clock span, so that
+    jobs that ran side by side (threaded CV fits, worker processes) can be summed as machine time and merged as
+    wall time."""
+
+    def __init__(self) -> None:
+        self.t0, self.started = time.perf_counter(), time.time()
+
+    def record(self, **extra: Any) -> dict[str, Any]:
+        """job.json: seconds, started and finished (Unix time), and the job's own fields."""
+        return {"seconds": time.perf_counter() - self.t0, "started": self.started, "finished": time.time(), **extra}
+
+
 def job_seconds(run_dir: Path) -> dict[str, float]:
-    """Seconds per step of a run, summed over its jobs' job.json (whichever process or machine ran them).
+    """Seconds per step of a run, summed over its jobs' job.json (whichever process or machine ran them), their
+    total (machine time), and `wall_s`: the length of the union of the jobs' spans, where jobs that ran at once
+    count once.
 
     A job finished by an earlier, interrupted process counts with the time it took then."""
     total = {key: 0.0 for key in TIMED_PHASES}
+    spans = []
     for p in (run_dir / JOBS).glob(f"*/{JOB_JSON}"):
         info = atomic.read_json(p)
         total[TIMED_STEPS[job_step(p.parent.name)]] += info["seconds"]
+        spans.append((info.get("started"), info.get("finished"), info["seconds"]))
         if "cache_bytes_per_view" in info:
             total["cache_bytes_per_view"] = info["cache_bytes_per_view"]
     total["total_s"] = sum(total[k] for k in TIMED_PHASES)
+    total["wall_s"] = wall_seconds(spans)
+    timed = [(a, b) for a, b, _ in spans if a is not None and b is not None]
+    if timed:  # the run's span, from which a report merges the wall time of runs that ran side by side
+        total["started"], total["finished"] = min(a for a, _ in timed), max(b for _, b in timed)
     return total
+
+
+def wall_seconds(spans: list[tuple[float | None, float | None, float]]) -> float:
+    """Length of the union of (started, finished) intervals; a record without a span counts its seconds alone."""
+    timed = sorted((a, b) for a, b, _ in spans if a is not None and b is not None)
+    wall = sum(s for a, b, s in spans if a is None or b is None)
+    end = -math.inf
+    for a, b in timed:
+        wall += max(0.0, b - max(a, end))
+        end = max(end, b)
+    return wall
 
 
 # ---- the paper's order ----------------------------------------------------------------------------------------------

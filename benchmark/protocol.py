@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import queue
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +43,7 @@ from .fits import (FitInputs, Head, Network, build_inputs, build_network, cv_pai
                    foldinit_plan, new_trainer, run_fit, save_head)
 from .evaluate import evaluate, test_outputs, write_test
 from .layout import (CV_HISTORY, DONE, FOLDS, HISTORY, JOB_JSON, MODEL_FILE, MODEL_JSON, RESULTS_FORMAT, SELECTION,
-                     TIMING, VAL_OUTPUT, job_dir_name, job_seconds, model_dir)
+                     TIMING, VAL_OUTPUT, JobClock, job_dir_name, job_seconds, model_dir)
 from .metrics import higher_is_better
 from .profiles import Profile
 from .registry import BackboneSpec
@@ -160,12 +159,11 @@ class ModelRun:
     # ---- jobs ------------------------------------------------------------------------------------------------------
     def features(self) -> None:
         """Compute (or load) what the fits of this run read, before the CV jobs fan out."""
-        t0 = time.perf_counter()
+        clock = JobClock()
         cost = self.fit_inputs().cache_cost
         d = self.spec.job_dir("features")
-        atomic.write_json(d / JOB_JSON, {"seconds": time.perf_counter() - t0,
-                                         "cache_bytes_per_view": cost.get("cache_bytes_per_view"),
-                                         "feature_pass": cost.get("feature_pass")})
+        atomic.write_json(d / JOB_JSON, clock.record(cache_bytes_per_view=cost.get("cache_bytes_per_view"),
+                                                     feature_pass=cost.get("feature_pass")))
         atomic.write_text(d / DONE, "")
 
     def cv_job(self, lr: float, fold: int, start: Head | None = None, trainer: Trainer | None = None,
@@ -175,7 +173,7 @@ class ModelRun:
         spec = self.spec
         plan = cv_plan(spec, lr, fold, start)
         d = spec.job_dir(plan.job)
-        t0 = time.perf_counter()
+        clock = JobClock()
         outputs: list[np.ndarray] = []
         hist, diverged = run_fit(spec, self.network(), self.fit_inputs(), trainer or self.trainer(), plan, outputs)
         if spec.exp.slice_ranges and outputs:
@@ -185,8 +183,7 @@ class ModelRun:
         hist.insert(0, "lr", lr)
         hist["diverged"] = diverged
         atomic.write_csv(d / HISTORY, hist)
-        atomic.write_json(d / JOB_JSON, {"seconds": time.perf_counter() - t0, "diverged": diverged,
-                                         "concurrent_fits": concurrent})
+        atomic.write_json(d / JOB_JSON, clock.record(diverged=diverged, concurrent_fits=concurrent))
         atomic.write_text(d / DONE, "")
         # selection must see the same numbers whether a job ran now or in an earlier, interrupted process
         return pd.read_csv(d / HISTORY)
@@ -243,9 +240,9 @@ class ModelRun:
         spec = self.spec
         plan = foldinit_plan(spec, fold, self.selected())
         d = spec.job_dir(plan.job)
-        t0 = time.perf_counter()
+        clock = JobClock()
         run_fit(spec, self.network(), self.fit_inputs(), self.trainer(), plan)
-        atomic.write_json(d / JOB_JSON, {"seconds": time.perf_counter() - t0})
+        atomic.write_json(d / JOB_JSON, clock.record())
         save_head(d, self.network().model)
         atomic.write_text(d / DONE, "")
 
@@ -256,12 +253,12 @@ class ModelRun:
         d = spec.job_dir("final")
         sel = self.selected()
         plan = final_plan(spec, sel, start)
-        t0 = time.perf_counter()
+        clock = JobClock()
         hist, diverged = run_fit(spec, self.network(), self.fit_inputs(), self.trainer(), plan)
         if diverged:
             raise RuntimeError(f"{spec.name}: the final fit diverged at LR {sel['lr']}")
         atomic.write_csv(d / HISTORY, hist)
-        atomic.write_json(d / JOB_JSON, {"seconds": time.perf_counter() - t0})
+        atomic.write_json(d / JOB_JSON, clock.record())
         model = self.network().model
         export_model(model_dir(spec.dir), model, spec, self.decoding())
         if spec.backbone.pretrained:
@@ -274,17 +271,20 @@ class ModelRun:
         spec, exp = self.spec, self.spec.exp
         net = self.network()
         net.model.set_weights(keras.models.load_model(model_dir(spec.dir) / MODEL_FILE, compile=False).get_weights())
-        t0 = time.perf_counter()
+        clock = JobClock()
         ds, rows = exp.test_set()
         if len(rows) == 0:
             raise BenchmarkInputError("no test rows: give --test-fraction, --test-data or a manifest split column")
-        output = test_outputs(spec, net.model, ds, rows, self.fit_inputs() if ds is exp.ds else None,
+        # features cached at reduced precision trained and selected the model; its test is the exported float32
+        # model on the images, as `predict` runs it
+        exact = not spec.backbone.pretrained or spec.feature_pass().precision == "float32"
+        output = test_outputs(spec, net.model, ds, rows, self.fit_inputs() if ds is exp.ds and exact else None,
                               self.selected()["lr"])
         decoding = self.decoding()
         predictions, metrics = evaluate(ds, rows, output, spec.task, decoding,
                                         None if decoding is None else exp.baselines)
         write_test(spec.dir, predictions, metrics)
-        atomic.write_json(spec.job_dir("test") / JOB_JSON, {"seconds": time.perf_counter() - t0})
+        atomic.write_json(spec.job_dir("test") / JOB_JSON, clock.record())
         atomic.write_json(spec.dir / TIMING, job_seconds(spec.dir))
         atomic.write_text(spec.dir / DONE, "")
         return metrics

@@ -90,3 +90,15 @@ def test_tables_import_no_tensorflow():
             "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_wall_time_merges_jobs_that_ran_at_once():
+    # three fits in threads from t=0 to 10, 2 to 12 and 4 to 9, then a job from 20 to 25 and one without a span
+    spans = [(0.0, 10.0, 10.0), (2.0, 12.0, 10.0), (4.0, 9.0, 5.0), (20.0, 25.0, 5.0), (None, None, 3.0)]
+    assert layout.wall_seconds(spans) == 12.0 + 5.0 + 3.0
+    assert layout.wall_seconds([]) == 0.0
+
+
+def test_a_job_clock_records_seconds_and_its_span():
+    rec = layout.JobClock().record(concurrent_fits=3)
+    assert rec["concurrent_fits"] == 3 and rec["seconds"] >= 0 and rec["finished"] >= rec["started"]

@@ -231,3 +231,22 @@ def test_fig3_at_another_learning_rate(results):
     assert "MobileNet α0.25 d1\nLR 0.001 (selected)" in titles
     fig = report.fig3_curves(results, lr=0.5)
     assert all("LR 0.5 not in its grid" in t for t in (ax.get_title() for ax in fig.axes) if t)
+
+
+def test_table1_shows_wall_time_beside_machine_time():
+    """Two runs whose jobs overlapped for 2 of their 10 and 6 wall minutes; a third written without spans."""
+    nan = float("nan")
+    df = pd.DataFrame([
+        {"network": "A", "depth": 0, "input_px": 64, "feature_pass_s": 60.0, "cv_s": 900.0, "foldinit_s": 0.0,
+         "final_s": 0.0, "test_s": 0.0, "total_s": 960.0, "total_min": 16.0, "wall_min": 10.0, "started": 0.0,
+         "finished": 600.0},
+        {"network": "B", "depth": 1, "input_px": 64, "feature_pass_s": 0.0, "cv_s": 360.0, "foldinit_s": 0.0,
+         "final_s": 0.0, "test_s": 0.0, "total_s": 360.0, "total_min": 6.0, "wall_min": 6.0, "started": 480.0,
+         "finished": 840.0},
+        {"network": "C", "depth": 0, "input_px": 64, "feature_pass_s": 1.0, "cv_s": 1.0, "foldinit_s": 0.0,
+         "final_s": 0.0, "test_s": 0.0, "total_s": 2.0, "total_min": 2 / 60, "wall_min": nan, "started": nan,
+         "finished": nan}])
+    md = report.table1_markdown(df)
+    assert "| A | 0 | 64 | 60.0 | 900.0 | 0.0 | 0.0 | 0.0 | 16.00 | 10.00 |" in md
+    assert "| C | 0 | 64 | 1.0 | 1.0 | 0.0 | 0.0 | 0.0 | 0.03 | — |" in md
+    assert "Total = 22.0 min over 3 runs" in md and "Wall time of the 2 runs" in md and ": 14.0 min." in md
