@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 
 from data_prep import atomic
-from .cache import CachedInputs, bytes_per_view, cache_key, cached_outputs, depth0_start, split_model, weights_fingerprint
+from .cache import (CachedInputs, bytes_per_view, cache_key, cached_outputs, depth0_start, split_model,
+                    weights_fingerprint)
 from .cpus import usable_cpus
 from .data import ImageInputs, Slots
-from .infer import feature_pass
 from .layout import HEAD, job_dir_name
 from .log import get as get_log
 from .models import build_model, head, head_layers, set_depth
@@ -97,7 +97,7 @@ def _cached_inputs(spec: RunSpec, net: Network, targets: np.ndarray) -> FitInput
         get_log("protocol").warning(f"{spec.name}: cache would need {need / 2**30:.1f} GiB (> cache_budget_gb "
                                     f"{p.cache_budget_gb}); using the per-epoch path")
         return None
-    run = feature_pass(p.feature_precision, p.feature_batch)
+    run = spec.feature_pass()
     key = cache_key(backbone=spec.backbone.key, weights=weights_fingerprint(spec.weights_path),
                     prep=spec.prep.key(), data=exp.ds.content_sha256, views=views.digest(),
                     start=model.layers[net.start].name if prefix is not None else "input", seed=exp.seed,

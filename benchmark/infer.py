@@ -18,6 +18,8 @@ from dataclasses import dataclass, replace
 import keras
 import numpy as np
 
+from .cpus import has_bf16
+
 PREDICT_BATCH = 64
 
 
@@ -29,7 +31,8 @@ class FeaturePass:
     batch_size: int  # images per compiled call
 
 
-# Per device kind. CPU: float32 (half precision runs slower than float32 on these cores) and 64 images per call.
+# Per device kind. CPU: float32 and 64 images per call; on a CPU with native bfloat16 arithmetic the backbones
+# measured faster in it run in mixed_bfloat16 (registry: BackboneSpec.cpu_bf16).
 # GPU: from `python -m benchmark.perf --feature-pass` on an H100 at 224 px (docs/performance.md, "Feature pass on a
 # GPU"): float16 at 512 per call ran the networks 1.7-3.7x faster than float32 at 64 (MobileNet 4,772 ->
 # 7,423-12,318 img/s, VGG16 4,015 -> 7,931, DenseNet121 1,848 -> 6,898); bfloat16 was no faster and moved
@@ -66,13 +69,19 @@ def device_kind() -> str:
     return "gpu" if probe is not None and probe() else "cpu"
 
 
-def feature_pass(precision: str | None = None, batch_size: int | None = None) -> FeaturePass:
-    """This device's default, with the profile's (or a command's) choices where given."""
+def feature_pass(precision: str | None = None, batch_size: int | None = None, *,
+                 cpu_bf16: bool = False) -> FeaturePass:
+    """This device's default, with the profile's (or a command's) choices where given. `cpu_bf16`: the backbone's
+    frozen part runs faster in bfloat16 on a CPU with native bfloat16 arithmetic (registry: BackboneSpec.cpu_bf16,
+    chosen by measurement), so there it runs in mixed_bfloat16."""
     if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"feature precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"feature batch size must be at least 1, got {batch_size}")
-    base = FEATURE_PASS[device_kind()]
+    kind = device_kind()
+    base = FEATURE_PASS[kind]
+    if kind == "cpu" and cpu_bf16 and has_bf16():
+        base = replace(base, precision="mixed_bfloat16")
     return replace(base, **{k: v for k, v in (("precision", precision), ("batch_size", batch_size)) if v is not None})
 
 

@@ -18,7 +18,12 @@ threads (`fits.parallel_fits`), all others one at a time.
 the network's throughput on batches already in memory (after one compiling call) and the end-to-end feature pass
 over the bank (`cache.cached_outputs`: image making, compiling and writing included), plus how far the features
 move from float32 (relative L2 error of the pooled features). It needs no TensorFlow (any Keras backend), e.g.
-`KERAS_BACKEND=jax python -m benchmark.perf --feature-pass --input-size 224 --profile paper`.
+`KERAS_BACKEND=jax python -m benchmark.perf --feature-pass --input-size 224 --profile paper`. With `--runs` it also
+runs the backbone's whole depth-0 protocol once per precision and prints the selections and test metrics side by
+side, so a precision is chosen only where it leaves the selection within the fold-to-fold SD.
+
+`--plan` predicts the wall time of a whole grid on this machine (benchmark.plan), e.g.
+`python -m benchmark.perf --plan --profile paper --data DIR --backbone all --depth both --workers 2`.
 """
 from __future__ import annotations
 
@@ -53,11 +58,24 @@ def main(argv: list[str] | None = None) -> int:
                                         "and this device's default)")
     p.add_argument("--batches", default="64,512", help="comma-separated batch sizes for --feature-pass")
     p.add_argument("--max-views", type=int, help="--feature-pass: use at most this many views of the bank")
+    p.add_argument("--runs", action="store_true",
+                   help="--feature-pass: also run the whole depth-0 protocol of the backbone once per precision (on "
+                        "--data, split by --test-fraction) and print the selections and test metrics side by side")
+    p.add_argument("--plan", action="store_true",
+                   help="instead, predict the wall time of every model of a grid (--backbone KEY[,KEY...]|all, "
+                        "--depth) on this machine from short timed slices of each job kind (benchmark.plan)")
+    p.add_argument("--workers", type=int, default=1, help="--plan: models run side by side (python -m benchmark "
+                                                           "--workers N)")
+    p.add_argument("--test-fraction", type=float, help="--plan: as for python -m benchmark (default: the manifest's "
+                                                        "split column, else the profile's)")
     args = p.parse_args(argv)
     from .tf_quiet import quiet_tensorflow
     quiet_tensorflow()
     if args.feature_pass:
         return feature_pass_sweep(args)
+    if args.plan:
+        from .errors import exit_on_user_error
+        return exit_on_user_error("benchmark perf", lambda: plan_command(args))
 
     from .data import synthetic_default
     from .grid import make_experiment
@@ -131,6 +149,45 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def plan_command(args: argparse.Namespace) -> int:
+    """--plan: one line per model as it is measured, then the predicted table and the grid's total."""
+    from .data import synthetic_default
+    from .grid import make_experiment, plan
+    from .plan import PHASES, grid_wall, plan_grid
+    from .profiles import get_profile
+
+    profile = get_profile(args.profile)
+    if args.input_size:
+        profile = profile.with_overrides(input_sizes={**profile.input_sizes, args.backbone: args.input_size})
+    pairs = plan([b.strip() for b in args.backbone.split(",") if b.strip()], args.depth)
+    import tensorflow as tf
+    tf.get_logger().setLevel("ERROR")  # each timed model traces its own functions: TensorFlow's retracing notes
+    with tempfile.TemporaryDirectory(prefix="perf-plan-") as tmp:
+        exp = make_experiment(args.data or synthetic_default(profile.synthetic_patients), profile, 0, Path(tmp),
+                              args.weights, use_cache=True, test_fraction=args.test_fraction)
+        print(f"plan: {len(pairs)} model(s), profile {profile.name}, {len(exp.pool)} training and "
+              f"{len(exp.test_set()[1])} test slices; timing a slice of each job kind per model", flush=True)
+        rows = plan_grid(exp, pairs, progress=lambda r: print(
+            f"  {r['run']}: measured in {r['measured_in_s']:.0f} s, predicted {_hms(r['wall_s'])}", flush=True))
+    head = ["run", *PHASES, "machine_s", "wall_s"]
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for r in rows:
+        print("| " + " | ".join([r["run"], *(f"{r[k]:.0f}" for k in head[1:])]) + " |")
+    low, high = grid_wall(rows, 1)
+    print(f"grid: predicted {_hms(low)} wall on this machine with 1 worker")
+    if args.workers > 1:
+        low, high = grid_wall(rows, args.workers)
+        print(f"grid with --workers {args.workers}: between {_hms(low)} and {_hms(high)} (see benchmark.plan)")
+    if args.json:
+        args.json.write_text(json.dumps({"profile": profile.name, "models": rows}, indent=2))
+    return 0
+
+
+def _hms(seconds: float) -> str:
+    h, rem = divmod(int(round(seconds)), 3600)
+    return f"{h} h {rem // 60:02d} min" if h else f"{rem // 60} min {rem % 60:02d} s"
+
+
 def feature_pass_sweep(args: argparse.Namespace) -> int:
     import keras
     import numpy as np
@@ -163,7 +220,7 @@ def feature_pass_sweep(args: argparse.Namespace) -> int:
         raise SystemExit(f"--feature-pass needs a pretrained backbone; {spec.key} has no frozen part")
     size = args.input_size or profile.input_size(spec)
     precisions = (args.precisions.split(",") if args.precisions
-                  else list(dict.fromkeys(["float32", feature_pass().precision])))
+                  else list(dict.fromkeys(["float32", feature_pass(cpu_bf16=spec.cpu_bf16).precision])))
     bad = [x for x in precisions if x not in PRECISIONS]
     if bad:
         raise SystemExit(f"--precisions: {bad} not in {', '.join(PRECISIONS)}")
@@ -218,11 +275,49 @@ def feature_pass_sweep(args: argparse.Namespace) -> int:
                  for w in sorted({1, prefetch_workers()})}
     print("  image making alone: " + ", ".join(f"{r:.0f} img/s with {w} thread{'s' * (w > 1)}"
                                                  for w, r in make_rate.items()), flush=True)
+    runs = precision_runs(args, spec, profile, precisions) if args.runs else None
     if args.json:
         args.json.write_text(json.dumps({"device": where, "backbone": spec.key, "input_size": size,
                                          "weights": weights_desc, "image_making_img_s_by_threads": make_rate,
-                                         "settings": results}, indent=2))
+                                         "settings": results, "runs": runs}, indent=2))
     return 0
+
+
+RUN_METRICS = ("macro_f1", "accuracy", "auc_micro")
+
+
+def precision_runs(args: argparse.Namespace, spec, profile, precisions: list[str]) -> dict[str, dict]:
+    """The depth-0 protocol of `spec` once per feature precision, on the same data, split, folds and seeds: what
+    the selection (LR, epochs, fold mean and SD of its metric) and the test metrics become at each precision."""
+    from data_prep import atomic
+
+    from .data import synthetic_default
+    from .grid import make_experiment, run_grid
+    from .layout import SELECTION, TEST_METRICS, run_name
+
+    out: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="perf-runs-") as tmp:
+        for precision in precisions:
+            prof = profile.with_overrides(feature_precision=precision, stack_model=False)
+            exp = make_experiment(args.data or synthetic_default(profile.synthetic_patients), prof, 0,
+                                  Path(tmp) / precision, args.weights, use_cache=True,
+                                  test_fraction=args.test_fraction)
+            t0 = time.perf_counter()
+            run_grid(exp, [(spec.key, 0)])
+            run_dir = exp.out / run_name(spec.key, 0)
+            sel, m = atomic.read_json(run_dir / SELECTION), atomic.read_json(run_dir / TEST_METRICS)
+            out[precision] = {"seconds": time.perf_counter() - t0, "metric": sel["metric"], "lr": sel["lr"],
+                              "epochs": sel["epochs"],
+                              "cv_mean": sel["cv_mean"], "cv_sd": sel["cv_sd"],
+                              **{k: m.get(k) for k in RUN_METRICS},
+                              "range_exact": m.get("decoded", {}).get("range_exact")}
+    print("  the depth-0 run at each precision (same data, split, folds and seeds):")
+    for precision, r in out.items():
+        print(f"  {precision:<15} selected LR {r['lr']:g} at {r['epochs']} epochs, CV {r['metric']} "
+              f"{r['cv_mean']:.3f} ± {r['cv_sd']:.3f} (fold SD); test " +
+              ", ".join(f"{k} {r[k]:.3f}" for k in (*RUN_METRICS, "range_exact") if r[k] is not None) +
+              f"; {r['seconds']:.0f} s", flush=True)
+    return out
 
 
 def _timed(fn) -> float:

@@ -47,6 +47,13 @@ class BackboneSpec:
     # MobileNet 32 vs 126, MobileNetV2 154 vs 163, NASNetMobile 73 vs 388, Xception 5282 vs 6527, DenseNet121
     # 326 vs 249 but 27 s more to compile.
     depth1_xla: bool = False
+    # The feature pass in mixed_bfloat16 on a CPU with native bfloat16 arithmetic (cpus.has_bf16), where it measured
+    # faster than float32. Network images/s, float32 vs bfloat16, batch 64, paper sizes, 2 cores with AVX512-BF16
+    # (`python -m benchmark.perf --feature-pass --profile paper --precisions float32,mixed_bfloat16`):
+    # VGG16 7.2 vs 13.8, InceptionV3 15.5 vs 27.3, InceptionResNetV2 6.7 vs 11.5, DenseNet121 18.1 vs 28.5,
+    # Xception 9.7 vs 14.6, ResNet50V2 23.7 vs 33.7; not chosen: NASNetMobile 73.9 vs 81.0, MobileNet 486 vs 469,
+    # MobileNetV2 317 vs 215 (their ImageNet features also moved 13 % and 10 %, relative L2).
+    cpu_bf16: bool = False
 
     def __post_init__(self) -> None:
         if self.application is not None and (self.unfreeze_from is None) == (self.unfreeze_after is None):
@@ -63,16 +70,16 @@ BACKBONES: dict[str, BackboneSpec] = {s.key: s for s in [
     BackboneSpec("mobilenetv2", "MobileNetV2 α0.35", 224, 32, "MobileNetV2", (("alpha", 0.35),), "tf",
                  unfreeze_from="block_16_expand"),
     BackboneSpec("vgg16", "VGG16", 224, 32, "VGG16", (), "caffe", unfreeze_from="block5_conv1",
-                 cam_layer="block5_conv3", depth1_xla=True),
+                 cam_layer="block5_conv3", depth1_xla=True, cpu_bf16=True),
     BackboneSpec("inceptionv3", "InceptionV3", 299, 75, "InceptionV3", (), "tf", unfreeze_after="mixed9",
-                 depth1_xla=True),
+                 depth1_xla=True, cpu_bf16=True),
     BackboneSpec("resnet50v2", "ResNet50V2", 224, 32, "ResNet50V2", (), "tf", unfreeze_from="conv5_block3_preact_bn",
-                 depth1_xla=True),
+                 depth1_xla=True, cpu_bf16=True),
     BackboneSpec("inceptionresnetv2", "InceptionResNetV2", 299, 75, "InceptionResNetV2", (), "tf",
-                 unfreeze_after="block8_9_ac", depth1_xla=True),
-    BackboneSpec("densenet121", "DenseNet121", 224, 32, "DenseNet121", (), "torch", unfreeze_from="conv5_block1_0_bn"),
+                 unfreeze_after="block8_9_ac", depth1_xla=True, cpu_bf16=True),
+    BackboneSpec("densenet121", "DenseNet121", 224, 32, "DenseNet121", (), "torch", unfreeze_from="conv5_block1_0_bn", cpu_bf16=True),
     BackboneSpec("nasnetmobile", "NASNetMobile", 224, 32, "NASNetMobile", (), "tf", unfreeze_after="normal_concat_11"),
-    BackboneSpec("xception", "Xception", 299, 71, "Xception", (), "tf", unfreeze_from="block14_sepconv1"),
+    BackboneSpec("xception", "Xception", 299, 71, "Xception", (), "tf", unfreeze_from="block14_sepconv1", cpu_bf16=True),
     BackboneSpec("cbr_large_t", "CBR-LargeT", 224, 32, None, (), "unit", cbr=(7, (32, 64, 128, 256, 512))),
     BackboneSpec("cbr_small", "CBR-Small", 224, 16, None, (), "unit", cbr=(7, (32, 64, 128, 256))),
     BackboneSpec("cbr_tiny", "CBR-Tiny", 224, 16, None, (), "unit", cbr=(5, (64, 128, 256, 512))),

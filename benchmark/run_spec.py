@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +14,7 @@ from data_prep.provenance import code_version, package_versions
 
 from .cache import weights_fingerprint
 from .errors import BenchmarkInputError
+from .infer import FeaturePass, feature_pass
 from .layout import CONFIG, DONE, ERROR, RESULTS_FORMAT, check_format, job_dir, run_name
 from .preprocess import Preprocessing
 from .profiles import Profile
@@ -93,9 +94,16 @@ class RunSpec:
             "classes": list(self.classes),
             "learning_rates": list(self.lrs),
             "cached_path": self.exp.use_cache,
+            **({"feature_pass": asdict(self.feature_pass())}
+               if self.backbone.pretrained and self.exp.use_cache else {}),
             "code_version": code_version(),
             "versions": package_versions(),
         }
+
+    def feature_pass(self) -> FeaturePass:
+        """The precision and batch size the frozen part runs at over the cached views on this device."""
+        p = self.profile
+        return feature_pass(p.feature_precision, p.feature_batch, cpu_bf16=self.backbone.cpu_bf16)
 
     def check_dir(self, force: bool) -> bool:
         """True if this run is already complete (check_run_dir)."""
