@@ -362,7 +362,9 @@ def run_jobs(exp: Experiment, pairs: list[tuple[str, int]], executor: Executor, 
             run.check_dir(force=False)
     exp.write_folds(exp.out)
     finished = {run.name: run.prepare(force) for run in runs}
-    done = {j for j in graph if finished[j.run] or is_done(exp, j)}
+    # a finished run's jobs are done, except the fold models a depth 1 planned since then starts from: a depth-0
+    # run finished without depth 1 never made them
+    done = {j for j in graph if is_done(exp, j) or (finished[j.run] and j.step != "foldinit")}
     failed: dict[str, str] = {}
     attempts: dict[Job, int] = {}
     inflight: set[Job] = set()

@@ -260,3 +260,17 @@ def test_a_run_folder_is_reused_only_for_the_same_settings(exp, tmp_path):
     assert check_run_dir(run, config, force=False) is True
     written(seed=1)
     assert check_run_dir(run, config, force=True) is False and not run.exists()  # forced: removed, redone
+
+
+@pytest.mark.slow
+def test_depth_1_added_to_a_finished_depth_0_run_makes_the_fold_models_it_starts_from(tiny_synthetic, tmp_path):
+    from benchmark.grid import run_grid
+
+    profile = get_profile("quick").with_overrides(epochs=2, n_folds=2, input_sizes={"mobilenet": 32},
+                                                  stack_model=False)
+    exp = make_experiment(tiny_synthetic, profile, 0, tmp_path / "out", "none", use_cache=True, test_fraction=0.25)
+    run_grid(exp, [("mobilenet", 0)])
+    assert not (tmp_path / "out" / "mobilenet_d0" / "jobs" / "foldinit_f0").exists()
+    summary = run_grid(exp, [("mobilenet", 1)])
+    assert summary.set_index("run").loc["mobilenet_d1", "status"] == "done"
+    assert (tmp_path / "out" / "mobilenet_d0" / "jobs" / "foldinit_f1" / "head.npz").is_file()
