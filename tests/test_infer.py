@@ -71,6 +71,8 @@ def test_features_at_another_precision_get_their_own_cache(tiny_synthetic, tmp_p
     cache = tmp_path / "cache"
 
     def features(**kw) -> np.ndarray:
+        # float32 unless told: on a CPU with bfloat16 the backbone's own default is mixed_bfloat16
+        kw = {"feature_precision": "float32", **kw}
         profile = get_profile("quick").with_overrides(n_folds=2, input_sizes={"resnet50v2": 32}, **kw)
         exp = make_experiment(tiny_synthetic, profile, 0, tmp_path / "out", "none", use_cache=True,
                               test_fraction=0.25, cache_dir=cache)
