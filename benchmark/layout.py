@@ -195,5 +195,5 @@ def check_format(path: Path, record: Any, *, fix: str) -> None:
     """Refuse a config.json or model.json written in another results format; `fix` says what the user can do."""
     found = record.get("results_format") if isinstance(record, dict) else None
     if found != RESULTS_FORMAT:
-        raise BenchmarkInputError(f"{path}: written in results format {found}; this code writes {RESULTS_FORMAT} "
-                                  f"and reads only that; {fix}")
+        raise BenchmarkInputError(f"{path}: written in results format {found} (results_format {found} in the file); "
+                                  f"this code writes {RESULTS_FORMAT} and reads only that; {fix}")
