@@ -27,14 +27,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .cache import CachedInputs, depth0_start, output_shapes, plain_views, split_model
+from .cache import CachedInputs, output_shapes, plain_views, split_model
 from .cpus import usable_cpus
 from .data import Slots, prefetched
-from .infer import feature_pass, in_precision, inference
-from .models import build_model, set_depth
+from .fits import build_network, new_trainer
+from .infer import in_precision, inference
 from .preprocess import Preprocessing
-from .registry import BackboneSpec, choose_weights
-from .train import FitSettings, Trainer
+from .registry import BackboneSpec
+from .run_spec import RunSpec
+from .train import FitSettings
 
 TIMED_EPOCH_STEPS = 8   # training steps per timed epoch
 PHASES = ("feature_pass_s", "cv_s", "foldinit_s", "final_s", "test_s")
@@ -81,37 +82,27 @@ def workload(exp, spec: BackboneSpec, depth: int) -> Workload:
 
 
 def measure(exp, spec: BackboneSpec, depth: int) -> Rates:
-    """Time the slices of one model's jobs (see the module docstring)."""
-    p = exp.profile.for_backbone(spec)
-    size = p.input_size(spec)
-    prep = Preprocessing(size, spec.preprocess_mode, input_kind=exp.input_kind)
-    _, weights = choose_weights(spec, exp.weights, size)
-    task = exp.task
-    model = build_model(spec, size, len(exp.ds.classes), weights=weights, dropout=p.dropout, seed=0,
-                        **task.head_kwargs())
-    set_depth(model, spec, depth)
-    if spec.pretrained:
-        start = depth0_start(model) if depth == 0 else next(i for i, l in enumerate(model.layers)
-                                                            if l.trainable and l.weights)
-        prefix, trainable = split_model(model, start)
-    else:
-        prefix, trainable = None, model
-    run = feature_pass(p.feature_precision, p.feature_batch, cpu_bf16=spec.cpu_bf16)
+    """Time the slices of one model's jobs (see the module docstring), on the network, inputs and Trainer its
+    ModelRun would build."""
+    run_spec = RunSpec.of(exp, spec, depth)
+    p, prep, task = run_spec.profile, run_spec.prep, run_spec.task
+    size = prep.input_size
+    net = build_network(run_spec)
+    prefix, trainable = split_model(net.model, net.start) if spec.pretrained else (None, net.model)
+    run = run_spec.feature_pass()
     rng = np.random.default_rng(0)
     make_rate = _make_rate(exp.ds, prep, run.batch_size)
     feature_rate, feature_compile = math.inf, 0.0
     if prefix is not None:
-        net = inference(in_precision(prefix, run.precision))
+        forward = inference(in_precision(prefix, run.precision))
         batch = rng.normal(size=(run.batch_size, size, size, 3)).astype(np.float32)
-        first = _timed(lambda: np.asarray(net(batch)))
-        steady = _timed(lambda: np.asarray(net(batch)))
+        first = _timed(lambda: np.asarray(forward(batch)))
+        steady = _timed(lambda: np.asarray(forward(batch)))
         feature_rate, feature_compile = run.batch_size / steady, max(0.0, first - steady)
     n = p.batch_size * TIMED_EPOCH_STEPS
     arrays = [rng.normal(size=(n, *shape)).astype(np.float32) for shape in output_shapes(prefix, prep)]
     inputs = CachedInputs(arrays, plain_views(np.arange(n)), augment=False)
-    xla = spec.depth1_xla if p.jit_compile_depth1 is None else p.jit_compile_depth1
-    trainer = Trainer(trainable, batch_size=p.batch_size, momentum=p.momentum, decay_rate=p.decay_rate, task=task,
-                      jit_compile=xla and depth == 1 and spec.pretrained)
+    trainer = new_trainer(run_spec, trainable)
     trainer.reset(FitSettings(lr=1e-4, epochs=1, seed=0, draws=None))
     slots = Slots(np.arange(n), np.zeros(n, np.int64))
     targets = task.targets(exp.ds.rows.iloc[np.arange(n) % len(exp.ds.rows)].reset_index(drop=True))
