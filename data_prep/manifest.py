@@ -3,7 +3,10 @@
 A dataset directory holds
   manifest.csv   one row per slice image (columns below),
   images/        the slices, lossless at native resolution (16-bit PNG for unsigned integer data, else .npy),
-  dataset.json   what made it: source, options, code version, counts, apex/base evidence, warnings.
+  masks/         where the source has them, each slice's segmentation as an 8-bit PNG of the image's size, coded
+                 as ACDC codes it (MASK_CODES); the manifest's `mask` column names it ("" for a slice without one),
+  dataset.json   what made it: source, options, code version, counts, apex/base evidence, warnings, and which
+                 structures the masks label (`mask_structures`).
 
 Source modules build `Stack` objects (slices already ordered apex -> base) and hand them to `write_dataset`,
 which writes everything under a temporary name and renames it into place, so an interrupted import never
@@ -36,6 +39,10 @@ REQUIRED_COLUMNS = (
 MANIFEST = "manifest.csv"
 DATASET_JSON = "dataset.json"
 IMAGE_DIR = "images"
+MASK_DIR = "masks"
+MASK_COLUMN = "mask"
+# ACDC's coding of its ground truth, kept for every source: 0 background and one code per structure
+MASK_CODES = {"rv_cavity": 1, "lv_myocardium": 2, "lv_cavity": 3}
 OVERWRITE_HELP = ("replace --out when it holds a dataset made by data_prep (a folder of other files, the source or "
                   "the current directory is never replaced)")
 
@@ -48,6 +55,8 @@ class Stack:
     sources: where each slice came from (file name and index), never identifying header values.
     extra: additional per-slice columns (e.g. {"lv_cavity_px": [...]}), each a list as long as the stack.
     orientation: the apex/base evidence for this stack, stored in dataset.json.
+    masks: None for a stack without masks, else per slice a 2-D uint8 array of the image's shape coded by
+        MASK_CODES (None for a slice the source gives no mask for).
     """
 
     patient: str
@@ -59,18 +68,60 @@ class Stack:
     split: str | None = None
     extra: dict[str, list[Any]] = field(default_factory=dict)
     orientation: dict[str, Any] = field(default_factory=dict)
+    masks: list[np.ndarray | None] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.images)
         if n == 0:
             raise DataPrepError(f"stack {self.patient}/{self.frame} has no slices")
-        for name, seq in [("labels", self.labels), ("sources", self.sources), *self.extra.items()]:
+        per_slice = [("labels", self.labels), ("sources", self.sources), *self.extra.items()]
+        if self.masks is not None:
+            per_slice.append(("masks", self.masks))
+        for name, seq in per_slice:
             if len(seq) != n:
                 raise DataPrepError(
                     f"stack {self.patient}/{self.frame}: {len(seq)} {name} for {n} slices")
         bad = sorted({lab for lab in self.labels if lab is None})
         if bad:
             raise DataPrepError(f"stack {self.patient}/{self.frame}: label None (use '' for unlabelled)")
+        for i, (img, mask) in enumerate(zip(self.images, self.masks or [])):
+            if mask is not None:
+                check_mask(mask, img.shape, f"stack {self.patient}/{self.frame} slice {i}")
+
+
+def check_mask(mask: np.ndarray, shape: tuple[int, ...], where: str) -> None:
+    """A mask is the image's shape in uint8 with no code outside MASK_CODES: anything else would be read back
+    as another structure, or misregistered with its slice."""
+    if mask.dtype != np.uint8 or mask.shape != tuple(shape):
+        raise DataPrepError(f"{where}: mask of {mask.dtype} {mask.shape} for an image of {tuple(shape)} "
+                            f"(expected uint8 of the image's shape)")
+    bad = sorted(set(np.unique(mask).tolist()) - {0, *MASK_CODES.values()})
+    if bad:
+        raise DataPrepError(f"{where}: mask codes {bad} outside {{0, {', '.join(map(str, MASK_CODES.values()))}}}")
+
+
+def save_mask(path: Path, mask: np.ndarray) -> Path:
+    """Write one mask as an 8-bit PNG (lossless); returns the path written."""
+    path = path.with_suffix(".png")
+    ok, png = cv2.imencode(".png", mask)
+    if not ok:
+        raise DataPrepError(f"could not encode {path.name} as PNG")
+    path.write_bytes(png.tobytes())
+    return path
+
+
+def load_mask(path: str | os.PathLike, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Read a mask written by `save_mask`, checked against MASK_CODES (and the image's shape when given)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataPrepError(f"mask file not found: {path}")
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise DataPrepError(f"unreadable or truncated mask file {path}")
+    if mask.ndim != 2:
+        raise DataPrepError(f"{path}: expected a 2-D mask, got shape {mask.shape}")
+    check_mask(mask, mask.shape if shape is None else shape, str(path))
+    return mask
 
 
 def image_suffix(img: np.ndarray) -> str:
@@ -120,7 +171,8 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     return img
 
 
-def _rows_for(stack: Stack, dataset: str, image_names: Sequence[str]) -> list[dict[str, Any]]:
+def _rows_for(stack: Stack, dataset: str, image_names: Sequence[str],
+              mask_names: Sequence[str] | None) -> list[dict[str, Any]]:
     n = len(stack.images)
     rows = []
     for i in range(n):
@@ -135,6 +187,8 @@ def _rows_for(stack: Stack, dataset: str, image_names: Sequence[str]) -> list[di
             "pixel_spacing_mm": "" if stack.pixel_spacing_mm is None else round(float(stack.pixel_spacing_mm), 6),
             "source": stack.sources[i],
         }
+        if mask_names is not None:
+            row[MASK_COLUMN] = mask_names[i]
         if stack.split is not None:
             row["split"] = stack.split
         for key, values in stack.extra.items():
@@ -219,18 +273,25 @@ def check_finite(img: np.ndarray, where: str) -> None:
 def write_dataset(out: str | os.PathLike, dataset: str, stacks: Iterable[Stack], *, source: str,
                   options: dict[str, Any] | None = None, warnings: Sequence[str] = (),
                   classes: Sequence[str] = SLICE_LABELS, overwrite: bool = False,
-                  inputs: Iterable[str | os.PathLike] = ()) -> Path:
+                  inputs: Iterable[str | os.PathLike] = (), mask_structures: Sequence[str] = ()) -> Path:
     """Write a dataset directory atomically and return its path.
 
     classes: the class names in their reporting order (OAP, IN, OBS for slice data); every label must be one.
+    mask_structures: the keys of MASK_CODES that the stacks' masks label (DSB's overlays: only "lv_cavity"), so
+        a structure left out is not read as background; required when any stack has masks. Masks go to
+        masks/<patient>_<frame>_s<slice>.png.
     inputs: the paths the stacks are read from, which --out must not overlap (see `check_out_dir`).
     Images go to images/<patient>_<frame>_s<slice>.{png,npy}. The files depend only on the stacks and the
     options (no timestamps), so the same import twice gives byte-identical files.
     """
     out = Path(out)
+    unknown = sorted(set(mask_structures) - set(MASK_CODES))
+    if unknown:
+        raise ValueError(f"mask_structures {unknown}: not in {list(MASK_CODES)}")
     check_out_dir(out, overwrite, inputs)
     try:
-        _write(out, dataset, stacks, source=source, options=options, warnings=warnings, classes=classes)
+        _write(out, dataset, stacks, source=source, options=options, warnings=warnings, classes=classes,
+               mask_structures=tuple(mask_structures))
     except OSError as exc:  # the sources turn their read errors into DataPrepError: this is the output failing
         reason = exc.strerror or str(exc)
         raise DataPrepError(f"--out {out}: writing the dataset failed ({reason}); nothing was written"
@@ -239,9 +300,10 @@ def write_dataset(out: str | os.PathLike, dataset: str, stacks: Iterable[Stack],
 
 
 def _write(out: Path, dataset: str, stacks: Iterable[Stack], *, source: str, options: dict[str, Any] | None,
-           warnings: Sequence[str], classes: Sequence[str]) -> None:
+           warnings: Sequence[str], classes: Sequence[str], mask_structures: tuple[str, ...]) -> None:
     with atomic_dir(out) as tmp:
         (tmp / IMAGE_DIR).mkdir()
+        any_mask = False
         rows: list[dict[str, Any]] = []
         evidence: list[dict[str, Any]] = []
         seen: set[tuple[str, str]] = set()
@@ -255,12 +317,24 @@ def _write(out: Path, dataset: str, stacks: Iterable[Stack], *, source: str, opt
                 check_finite(img, f"{stack.sources[i]} (patient {stack.patient}, frame {stack.frame}, slice {i})")
                 written = save_image(tmp / IMAGE_DIR / f"{stack.patient}_{stack.frame}_s{i:02d}", img)
                 names.append(f"{IMAGE_DIR}/{written.name}")
-            rows.extend(_rows_for(stack, dataset, names))
+            mask_names = None
+            if stack.masks is not None:
+                if not mask_structures:
+                    raise ValueError("write_dataset: stacks with masks need mask_structures")
+                (tmp / MASK_DIR).mkdir(exist_ok=True)
+                mask_names = [
+                    "" if m is None else
+                    f"{MASK_DIR}/{save_mask(tmp / MASK_DIR / f'{stack.patient}_{stack.frame}_s{i:02d}', m).name}"
+                    for i, m in enumerate(stack.masks)]
+                any_mask = any_mask or any(mask_names)
+            rows.extend(_rows_for(stack, dataset, names, mask_names))
             if stack.orientation:
                 evidence.append({"patient": stack.patient, "frame": str(stack.frame), **stack.orientation})
         if not rows:
             raise DataPrepError(f"no slices found in {source}")
         df = pd.DataFrame(rows)
+        if MASK_COLUMN in df:
+            df[MASK_COLUMN] = df[MASK_COLUMN].fillna("")
         unknown = sorted(set(df["label"]) - set(classes) - {""})
         if unknown:
             raise DataPrepError(f"unknown label(s) {unknown} in {source}; expected one of {list(classes)}")
@@ -277,6 +351,8 @@ def _write(out: Path, dataset: str, stacks: Iterable[Stack], *, source: str, opt
             "warnings": list(warnings),
             "orientation": evidence,
         }
+        if any_mask:
+            meta["mask_structures"] = list(mask_structures)
         (tmp / DATASET_JSON).write_text(json.dumps(meta, indent=2, sort_keys=False, default=str) + "\n")
 
 
@@ -299,7 +375,7 @@ def read_manifest(directory: str | os.PathLike) -> pd.DataFrame:
                             f"(make one with `python -m data_prep ...`)")
     try:
         df = pd.read_csv(path, dtype={"patient": str, "frame": str, "label": str, "source": str,
-                                      "image": str, "split": str},
+                                      "image": str, "split": str, MASK_COLUMN: str},
                          keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise DataPrepError(f"{path}: not a readable CSV ({exc})") from exc
@@ -363,6 +439,15 @@ def dataset_classes(directory: str | os.PathLike) -> tuple[str, ...]:
         raise DataPrepError(f"{Path(directory) / DATASET_JSON}: classes must be a list of distinct, non-empty "
                             f"class names, got {json.dumps(classes)}")
     return tuple(classes)
+
+
+def mask_structures(directory: str | os.PathLike) -> tuple[str, ...]:
+    """The structures this dataset's masks label (empty when it has no masks), from dataset.json."""
+    path = Path(directory) / DATASET_JSON
+    found = read_dataset_json(directory).get("mask_structures", [])
+    if not isinstance(found, list) or not set(found) <= set(MASK_CODES):
+        raise DataPrepError(f"{path}: mask_structures must be a list of {list(MASK_CODES)}, got {json.dumps(found)}")
+    return tuple(found)
 
 
 def labelled(df: pd.DataFrame) -> pd.DataFrame:
