@@ -20,6 +20,7 @@ from benchmark.decode import IN, in_range, stack_groups, stack_table
 HIGHER_IS_BETTER = {
     "macro_f1": True, "accuracy": True, "soft_accuracy": True, "auc_micro": True, "auc_weighted": True,
     "range_exact": True, "range_within1": True, "r2": True,
+    "dice": True, "dice_cavity": True, "dice_myocardium": True,
     "boundary_mae": False, "mae": False, "rmse": False, "mae_mean_baseline": False, "loss": False,
 }
 
