@@ -5,6 +5,7 @@ spells paths and names through this module.
     OUT/summary.csv, summary.md                 one row per run folder and per baseline, in the paper's order
     OUT/<run>/config.json                       what made the run (results_format, profile, data, weights, ...)
              folds.csv, cv_history.csv, selection.json, test_predictions.csv, test_metrics.json, timing.json
+             oof_predictions.csv, oof_metrics.json   out-of-fold over the training pool (slice ranges)
              model/model.keras, model/model.json   the final model and what `predict` needs to use it
              jobs/<job>/job.json, DONE            one folder per job of the run's job graph
              DONE                                 written last: the run is complete
@@ -37,6 +38,9 @@ CV_HISTORY = "cv_history.csv"
 SELECTION = "selection.json"
 TEST_PREDICTIONS = "test_predictions.csv"
 TEST_METRICS = "test_metrics.json"
+# the training pool, each slice predicted by the CV model of the fold that held it out (slice-range runs)
+OOF_PREDICTIONS = "oof_predictions.csv"  # the columns of test_predictions.csv
+OOF_METRICS = "oof_metrics.json"          # what test_metrics.json holds, for those predictions
 TIMING = "timing.json"
 MODEL_DIR = "model"
 MODEL_FILE = "model.keras"
