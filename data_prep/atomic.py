@@ -21,7 +21,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """Call write(tmp_path) on a temporary name in the target's directory, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + path.suffix, dir=path.parent)
+    # the temporary name ends as the target does, two suffixes deep: Keras picks a format by `.keras` and insists on
+    # `.weights.h5`
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + "".join(path.suffixes[-2:]),
+                               dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
