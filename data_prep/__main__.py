@@ -16,6 +16,7 @@ from .errors import DataPrepError
 SOURCES = {
     "acdc": ("data_prep.acdc", "ACDC, official NIfTI layout or SSL4MIS HDF5 layout (detected automatically)"),
     "sunnybrook": ("data_prep.sunnybrook", "Sunnybrook Cardiac Data: DICOM cine + manual contours"),
+    "dsb": ("data_prep.dsb", "Kaggle Data Science Bowl 2015 PNG slices with hand-drawn LV overlays (*_o.png)"),
     "cap": ("data_prep.cap", "Cardiac Atlas Project challenge DICOM (DETxxxxxxx_SAyy_phzz.dcm)"),
     "dicom": ("data_prep.dicom", "any short-axis cine DICOM study, unlabelled (for prediction)"),
     "synthetic": ("data_prep.synthetic", "the embedded procedural phantom (no download needed)"),
