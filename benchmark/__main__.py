@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(cross-entropy + standardised MSE, selection by validation macro-F1)")
     p.add_argument("--target", metavar="COLUMN",
                    help="the manifest column to regress with --task regression|multi, e.g. lv_cavity_px")
+    p.add_argument("--head", choices=["classify", "segment", "both", "auto"],
+                   help="classify: the per-slice classifiers (Dense(256)-Dropout head) and their stack models; "
+                        "segment: a U-Net-style decoder on each backbone trained on the masks (LV cavity and "
+                        "myocardium, Dice + cross-entropy), the IN range read from the predicted areas across the "
+                        "stack (run <backbone>_d<depth>+seg); both; auto: both where the training data has masks and "
+                        "OAP/IN/OBS stacks, else classify. Default: the profile's (paper: auto, quick: classify)")
     p.add_argument("--input", choices=["2d", "2.5d"], default="2d",
                    help="2d: the slice in all three channels (the paper); 2.5d: apex-side neighbour, slice, base-side "
                         "neighbour as the three channels (stack ends repeat the slice)")
@@ -66,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="contrast augmentation of training views, on top of the rotation: each view's windowed "
                         "intensities through 255 (x / 255)^g with log g uniform in ±G (e.g. 0.4: g in 0.67..1.49); "
                         "default: the profile's intensity_gamma (0, off)")
-    p.add_argument("--epochs", type=int, help="override the profile's epoch count")
+    p.add_argument("--epochs", type=int, help="override the profile's epoch counts (the classifiers' and the "
+                                              "segmentation head's)")
     p.add_argument("--folds", type=int, help="override the profile's number of CV folds")
     p.add_argument("--force", action="store_true", help="redo runs that already finished in OUT")
     p.add_argument("--train-fraction", type=fractions_list, metavar="F[,F...]",
@@ -175,14 +182,17 @@ def _run(args: argparse.Namespace) -> int:
     from .jobs import make_executor
     from .profiles import get_profile
     from .registry import choose_weights, get_spec
-    profile = get_profile(args.profile).with_overrides(epochs=args.epochs, n_folds=args.folds,
-                                                      intensity_gamma=args.intensity_aug)
+    profile = get_profile(args.profile).with_overrides(epochs=args.epochs, segment_epochs=args.epochs,
+                                                      n_folds=args.folds, intensity_gamma=args.intensity_aug)
     if profile.epochs < 1 or profile.n_folds < 2:
         raise BenchmarkInputError("--epochs must be >= 1 and --folds >= 2")
     if not 0 <= profile.intensity_gamma <= 2:  # beyond log g = 2 (g ~ 7.4) an image is nearly black or white
         raise BenchmarkInputError(f"--intensity-aug must be between 0 and 2, got {profile.intensity_gamma:g}")
     if not 0 <= args.seed < 2**32:  # numpy and TensorFlow take seeds of 32 bits
         raise BenchmarkInputError(f"--seed must be between 0 and {2**32 - 1}, got {args.seed}")
+    if args.train_fraction and args.head in ("segment", "both"):
+        raise BenchmarkInputError(f"--head {args.head} with --train-fraction: label-efficiency curves are drawn for "
+                                  f"the classification heads only; use --head classify")
     if args.repeats < 1 or (args.repeats > 1 and not args.train_fraction):
         raise BenchmarkInputError("--repeats must be >= 1, and more than 1 only with --train-fraction")
     if (args.target is None) != (args.task == "classification"):
@@ -216,7 +226,7 @@ def _run(args: argparse.Namespace) -> int:
         exp = make_experiment(data, profile, args.seed, args.out, args.weights or profile.weights,
                               use_cache=profile.cache and not args.no_cache, test_data=args.test_data,
                               test_fraction=args.test_fraction, cache_dir=args.cache_dir, input_kind=args.input,
-                              task=args.task, target=args.target)
+                              task=args.task, target=args.target, head=args.head)
         log = _log_to(args.out)  # every input checked: the run starts
         summary = run_grid(exp, pairs, force=args.force, executor=executor)
     log.info(f"summary: {args.out / 'summary.csv'}")

@@ -24,7 +24,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
 
 from data_prep.errors import DataPrepError
-from data_prep.manifest import check_finite, dataset_classes, file_sha256, labelled, load_image, read_manifest, MANIFEST
+from data_prep.manifest import (MASK_COLUMN, check_finite, dataset_classes, file_sha256, labelled, load_image,
+                                load_mask, mask_structures, read_manifest, MANIFEST)
 
 from .cpus import usable_cpus
 from .errors import BenchmarkInputError
@@ -49,6 +50,7 @@ def synthetic_default(patients: int, seed: int = 0) -> Path:
 
 
 SOURCE_SET = "source_set"  # the column that names each row's dataset directory in a multi-source Dataset
+MASK_MYOCARDIUM = "mask_labels_myocardium"  # whether the row's mask labels the myocardium (DSB's label the cavity only)
 
 
 @dataclass
@@ -75,6 +77,13 @@ class Dataset:
         # read before the engine's own columns (y, target) join the manifest's
         values = target_values(rows, target, root / MANIFEST) if target is not None else None
         rows["y"] = rows["label"].map({c: i for i, c in enumerate(classes)}).astype(int)
+        try:
+            structures = mask_structures(root)
+        except DataPrepError as exc:
+            raise BenchmarkInputError(str(exc)) from exc
+        if MASK_COLUMN not in rows or not structures:
+            rows[MASK_COLUMN] = ""
+        rows[MASK_MYOCARDIUM] = "lv_myocardium" in structures
         if values is not None:
             rows["target"] = values
         return cls(root, rows, tuple(classes), file_sha256(root / MANIFEST))
@@ -101,6 +110,7 @@ class Dataset:
         for name, part in zip(names, parts):
             rows = part.rows.copy()
             rows["image"] = [str(part.root.resolve() / p) for p in rows["image"]]
+            rows[MASK_COLUMN] = [str(part.root.resolve() / p) if p else "" for p in rows[MASK_COLUMN]]
             rows["patient"] = [f"{name}/{p}" for p in rows["patient"]]
             rows[SOURCE_SET] = name
             frames.append(rows)
@@ -115,6 +125,21 @@ class Dataset:
         if SOURCE_SET in self.rows:
             return self.rows[SOURCE_SET].to_numpy()
         return np.full(len(self.rows), self.root.name, dtype=object)
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether any row has a segmentation mask (the segmentation head needs them)."""
+        return bool((self.rows[MASK_COLUMN] != "").any())
+
+    def mask(self, i: int) -> np.ndarray | None:
+        """Row i's mask (data_prep MASK_CODES, the native image's shape), or None where it has none."""
+        name = self.rows[MASK_COLUMN].iat[i]
+        if not name:
+            return None
+        try:
+            return load_mask(self.root / name, self.native(i).shape)
+        except DataPrepError as exc:
+            raise BenchmarkInputError(str(exc)) from exc
 
     @property
     def has_stacks(self) -> bool:

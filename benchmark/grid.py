@@ -15,7 +15,7 @@ from .errors import BenchmarkInputError
 from .profiles import Profile
 from .jobs import Executor, InProcess, run_jobs
 from .layout import LABEL_EFFICIENCY, grid_pairs
-from .protocol import Experiment
+from .protocol import HEADS, Experiment
 from .registry import CBR, PRETRAINED, get_spec
 from .summary import label_efficiency_summary, to_markdown, write_summary
 from .task import make_task
@@ -32,13 +32,30 @@ def plan(backbones: list[str], depth: str) -> list[tuple[str, int]]:
 def make_experiment(data: Path, profile: Profile, seed: int, out: Path, weights: str, *, use_cache: bool,
                     test_data: Path | None = None, test_fraction: float | None = None,
                     cache_dir: Path | None = None, input_kind: str = "2d", task: str = "classification",
-                    target: str | None = None) -> Experiment:
+                    target: str | None = None, head: str | None = None) -> Experiment:
     ds, test_ds, pool, test, desc = _load_split(data, seed, test_data, test_fraction, target, profile.n_folds)
     exp = Experiment(ds=ds, pool=pool, test=test, folds=make_folds(ds, pool, profile.n_folds, seed), profile=profile,
                      seed=seed, out=out, cache_dir=cache_dir or out / "cache", weights=weights, use_cache=use_cache,
                      test_ds=test_ds, data_desc=desc, input_kind=input_kind,
                      task=_task(task, ds, target, pool))
+    exp.heads = heads(head, exp)
     return exp
+
+
+def heads(head: str | None, exp: Experiment) -> tuple[str, ...]:
+    """`--head classify|segment|both|auto` (None: the profile's) as the heads an experiment trains; auto: both where
+    the training data has masks and slice ranges, else the classifiers."""
+    can_segment = exp.ds.has_masks and exp.slice_ranges
+    head = head or exp.profile.head
+    if head not in ("auto", "classify", "segment", "both"):
+        raise BenchmarkInputError(f"profile {exp.profile.name}: head {head!r}; valid: auto, classify, segment, both")
+    if head == "auto":
+        head = "both" if can_segment else "classify"
+    if head != "classify" and not can_segment:
+        raise BenchmarkInputError(f"--head {head}: the segmentation head needs OAP/IN/OBS stacks with masks, and "
+                                  f"{exp.ds.root} has " + ("no masks (data_prep keeps them where the source has "
+                                                           "them)" if not exp.ds.has_masks else "no slice ranges"))
+    return {"classify": ("classify",), "segment": ("segment",), "both": HEADS}[head]
 
 
 def _task(task: str, ds: Dataset, target: str | None, pool: np.ndarray):

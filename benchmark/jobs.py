@@ -13,6 +13,8 @@ that reads another job's output is handed it (`start_head`):
     test              final; writes test metrics, timing.json and the run's DONE marker
     stack             (depth 0 of a pretrained backbone, cached path, slice-range data) features and final: the
                       whole stack-context run <backbone>_d0+stack (stack.py), seconds of work
+    segment           (with --head segment or both) nothing: the whole segmentation-head run <run>+seg
+                      (segment.py), its CV and final fits each resumable from its own marker
 
 Every job writes its output atomically with a completion marker (`markers`), so a re-run skips what is done and
 redoes what is not, and a job's result depends only on its inputs and seed (run_spec.job_seed): which executor ran
@@ -45,10 +47,12 @@ from tqdm.auto import tqdm
 from data_prep import atomic
 from .errors import USER_ERRORS, BenchmarkInputError
 from .fits import Head, load_head, parallel_fits
-from .layout import DONE, ERROR, SELECTION, TEST_METRICS, job_dir, job_dir_name, run_name, stack_run_name
+from .layout import (DONE, ERROR, SELECTION, TEST_METRICS, job_dir, job_dir_name, run_name, segment_run_name,
+                     stack_run_name)
 from .protocol import Experiment, ModelRun
 from .registry import get_spec
 from .run_spec import RunSpec, learning_rates
+from .segment import SegmentRun
 from .stack import StackRun
 from .log import get as get_log
 from .tf_quiet import quiet_tensorflow
@@ -63,14 +67,14 @@ DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPER
 class Job:
     backbone: str
     depth: int
-    step: str                # features | cv | cv_sweep | select | foldinit | final | test | stack
+    step: str                # features | cv | cv_sweep | select | foldinit | final | test | stack | segment
     lr: float | None = None
     fold: int | None = None
 
     @property
     def run(self) -> str:
         name = run_name(self.backbone, self.depth)
-        return stack_run_name(name) if self.step == "stack" else name
+        return {"stack": stack_run_name, "segment": segment_run_name}.get(self.step, str)(name)
 
     def folder(self, out: Path) -> Path:
         """Where a features, cv, foldinit or final job writes its outputs."""
@@ -107,7 +111,7 @@ def markers(exp: Experiment, job: Job) -> list[Path]:
         return [m for fit in sweep_fits(exp, job) for m in markers(exp, fit)]
     if job.step == "select":
         return [exp.out / job.run / SELECTION]
-    if job.step in ("test", "stack"):
+    if job.step in ("test", "stack", "segment"):
         return [exp.out / job.run / DONE]
     return [job.folder(exp.out) / DONE]
 
@@ -131,6 +135,11 @@ def build_graph(exp: Experiment, pairs: list[tuple[str, int]],
     """Job -> the jobs it needs, in the order a single process runs them (the paper's model order).
     `fit_threads`: whether the executor lets one job run fits in threads (Executor.fit_threads)."""
     graph: OrderedDict[Job, tuple[Job, ...]] = OrderedDict()
+    if "segment" in exp.heads:
+        for key, depth in pairs:
+            graph[Job(key, depth, "segment")] = ()
+    if "classify" not in exp.heads:
+        return graph
     pairs = with_dependencies(pairs)
     for key, depth in pairs:
         spec = get_spec(key)
@@ -174,6 +183,7 @@ STEPS: dict[str, Callable[[ModelRun, Job], Any]] = {
     "final": lambda run, job: run.final(start=start_head(run.spec.exp, job)),
     "test": lambda run, job: run.test(),
     "stack": lambda run, job: StackRun(run.spec).run(run),
+    "segment": lambda run, job: SegmentRun(run.spec).run(),
 }
 
 
@@ -405,7 +415,7 @@ def run_jobs(exp: Experiment, pairs: list[tuple[str, int]], executor: Executor, 
                 done.add(job)
                 n_done += 1
                 line = f"[{n_done}/{total}] {job} ({result:.1f} s)"
-                if job.step == "test":
+                if job.step in ("test", "segment"):
                     line += f": {_scores(exp, job.run)}"
                 bar.update()
                 LOG.info(line)
@@ -417,11 +427,14 @@ def run_jobs(exp: Experiment, pairs: list[tuple[str, int]], executor: Executor, 
     return sorted(failed)
 
 
-def _runs(exp: Experiment, graph: "OrderedDict[Job, tuple[Job, ...]]") -> list[RunSpec | StackRun]:
+def _runs(exp: Experiment, graph: "OrderedDict[Job, tuple[Job, ...]]") -> list[RunSpec | StackRun | SegmentRun]:
     """The runs whose jobs are in the graph, in its order."""
-    specs = [RunSpec.of(exp, get_spec(key), depth) for key, depth in dict.fromkeys((j.backbone, j.depth)
-                                                                                    for j in graph)]
-    return specs + [StackRun(s) for s in specs if Job(s.backbone.key, s.depth, "stack") in graph]
+    pairs = dict.fromkeys((j.backbone, j.depth) for j in graph)
+    specs = {pair: RunSpec.of(exp, get_spec(pair[0]), pair[1]) for pair in pairs}
+    per_slice = [s for pair, s in specs.items() if any(j.step != "segment" and (j.backbone, j.depth) == pair
+                                                       for j in graph)]
+    return (per_slice + [StackRun(s) for s in per_slice if Job(s.backbone.key, s.depth, "stack") in graph]
+            + [SegmentRun(s) for s in specs.values() if Job(s.backbone.key, s.depth, "segment") in graph])
 
 
 def run_in_process(exp: Experiment, target: Job) -> None:

@@ -12,7 +12,8 @@ spells paths and names through this module.
              error.txt                            the last attempt failed (why)
 
 <run> is <backbone>_d<depth> for a pretrained backbone, the backbone key for a CBR net trained from scratch, and
-<run>+stack for a stack-context model on top of a depth-0 run. Imports nothing that imports TensorFlow.
+<run>+stack for a stack-context model on top of a depth-0 run, <run>+seg for the segmentation head of that backbone and
+depth (its CV and final fits in jobs/ as a per-slice run's). Imports nothing that imports TensorFlow.
 """
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ HISTORY = "history.csv"       # a job's own training history
 HEAD = "head.npz"             # a depth-0 fold or final model's head, which depth-1 fits start from
 VAL_OUTPUT = "val_output.npy"  # a CV job's validation outputs per epoch, from which the run's decoding is tuned
 STACK_SUFFIX = "+stack"
+SEGMENT_SUFFIX = "+seg"       # a segmentation-head run (segment.py) beside the per-slice run of its backbone and depth
 BASELINE_PREFIX = "baseline_"
 # test_predictions.csv column of the predicted target (a multi-task run's `prediction` is its class)
 TARGET_PREDICTION = {"regression": "prediction", "multi": "target_prediction"}
@@ -96,6 +98,10 @@ def run_name(backbone: str, depth: int) -> str:
 
 def stack_run_name(base_run: str) -> str:
     return base_run + STACK_SUFFIX
+
+
+def segment_run_name(base_run: str) -> str:
+    return base_run + SEGMENT_SUFFIX
 
 
 def model_dir(run_dir: Path) -> Path:
@@ -189,8 +195,9 @@ def run_order(name: str) -> float:
     order = _paper_order()
     if name.startswith(BASELINE_PREFIX):
         return len(order) + 1
-    if name.endswith(STACK_SUFFIX):
-        return order.get(name[:-len(STACK_SUFFIX)], len(order)) + 0.5
+    for suffix, after in ((STACK_SUFFIX, 0.5), (SEGMENT_SUFFIX, 0.7)):
+        if name.endswith(suffix):
+            return order.get(name[:-len(suffix)], len(order)) + after
     return order.get(name, len(order))
 
 

@@ -7,11 +7,15 @@ so that Grad-CAM tools see every layer and the pooled features can be read by na
 """
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import layers
 
 from .registry import (HEAD_BOTH, HEAD_DENSE, HEAD_DROPOUT, HEAD_OUT, HEAD_RESCALE, HEAD_TARGET, HEAD_UNITS, POOLED,
-                       TASKS, BackboneSpec)
+                       SEG_CLASSES, SEG_OUT, TASKS, BackboneSpec)
+
+SEG_PREFIX = "seg_"  # every layer of the segmentation decoder
 
 
 def _cbr_backbone(spec: BackboneSpec, inputs: keras.KerasTensor) -> keras.KerasTensor:
@@ -27,6 +31,18 @@ def _cbr_backbone(spec: BackboneSpec, inputs: keras.KerasTensor) -> keras.KerasT
     return x
 
 
+def _backbone(spec: BackboneSpec, input_size: int, weights: str | None) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """(the image input, the backbone's final feature map), the backbone's layers named as Keras names them."""
+    if input_size < spec.min_size:
+        raise ValueError(f"{spec.key} needs an input of at least {spec.min_size} px, got {input_size}")
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    if spec.pretrained:
+        build = getattr(keras.applications, spec.application)
+        backbone = build(include_top=False, weights=weights, input_tensor=inputs, **dict(spec.builder_kwargs))
+        return inputs, backbone.output
+    return inputs, _cbr_backbone(spec, inputs)
+
+
 def build_model(spec: BackboneSpec, input_size: int, n_classes: int, *, weights: str | None = None,
                 dropout: float = 0.5, seed: int = 0, task: str = "classification",
                 target_scale: tuple[float, float] = (0.0, 1.0)) -> keras.Model:
@@ -35,15 +51,7 @@ def build_model(spec: BackboneSpec, input_size: int, n_classes: int, *, weights:
     `weights` is what `resolve_weights` returned (a file path or None). The head's initialisers and dropout are
     seeded so that the same head can be rebuilt on cached features (see cache.py) with identical weights.
     """
-    if input_size < spec.min_size:
-        raise ValueError(f"{spec.key} needs an input of at least {spec.min_size} px, got {input_size}")
-    inputs = keras.Input((input_size, input_size, 3), name="image")
-    if spec.pretrained:
-        build = getattr(keras.applications, spec.application)
-        backbone = build(include_top=False, weights=weights, input_tensor=inputs, **dict(spec.builder_kwargs))
-        fmap = backbone.output
-    else:
-        fmap = _cbr_backbone(spec, inputs)
+    inputs, fmap = _backbone(spec, input_size, weights)
     pooled = layers.GlobalAveragePooling2D(name=POOLED)(fmap)
     outputs = head(pooled, n_classes, dropout=dropout, seed=seed, task=task, target_scale=target_scale)
     return keras.Model(inputs, outputs, name=f"{spec.key}_{task}")
@@ -81,6 +89,65 @@ def head(x: keras.KerasTensor, n_classes: int, *, dropout: float, seed: int, tas
     proba = layers.Dense(n_classes, activation="softmax", name=HEAD_OUT,
                          kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 2))(x)
     return layers.Concatenate(name=HEAD_BOTH)([proba, target])
+
+
+def skip_layers(model: keras.Model, spec: BackboneSpec) -> tuple[str, ...]:
+    """The layers whose maps the decoder joins, finest first: the spec's names, else per octave of resolution below
+    the input and above the final map the last layer at it (padding and cropping layers, whose maps are the
+    neighbour's with a border, left out), so two maps of 149 and 147 px count as one level."""
+    if spec.skip_layers:
+        return spec.skip_layers
+    size_in, size_out = model.inputs[0].shape[1], model.outputs[0].shape[1]
+    level: dict[int, str] = {}
+    for layer in model.layers:
+        shape = getattr(layer, "output", None) is not None and layer.output.shape
+        if (not shape or len(shape) != 4 or isinstance(layer, (layers.ZeroPadding2D, layers.Cropping2D))
+                or not size_out < shape[1] < size_in):
+            continue
+        level[round(math.log2(size_in / shape[1]))] = layer.name
+    return tuple(level[k] for k in sorted(level))
+
+
+def build_segmenter(spec: BackboneSpec, input_size: int, *, weights: str | None = None, filters: int = 16,
+                    seed: int = 0) -> keras.Model:
+    """The backbone with a U-Net-style decoder: from its final map, at each skip layer (deepest first) a bilinear
+    resize to that map's size, concatenation, Conv3x3-BN-ReLU; then back to the input size, one more Conv3x3-BN-ReLU
+    and a per-pixel softmax over SEG_CLASSES ("seg_out"). A resize instead of a fixed 2x upsampling follows the
+    odd map sizes of the Inception family and Xception (149, 73, 35, ...). The decoder's width halves at each finer
+    level, from filters x 2^(levels - 1), at most 256."""
+    inputs, fmap = _backbone(spec, input_size, weights)
+    encoder = keras.Model(inputs, fmap)
+    skips = skip_layers(encoder, spec)
+    init = keras.initializers.HeNormal
+    x = fmap
+
+    def conv_block(x, n: int, i: int):
+        x = layers.Conv2D(n, 3, padding="same", use_bias=False, kernel_initializer=init(seed + i),
+                          name=f"{SEG_PREFIX}conv{i}")(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"{SEG_PREFIX}bn{i}")(x)
+        return layers.Activation("relu", name=f"{SEG_PREFIX}relu{i}")(x)
+
+    for i, name in enumerate(reversed(skips)):
+        skip = encoder.get_layer(name).output
+        x = layers.Resizing(skip.shape[1], skip.shape[2], interpolation="bilinear", name=f"{SEG_PREFIX}up{i}")(x)
+        x = layers.Concatenate(name=f"{SEG_PREFIX}join{i}")([x, skip])
+        x = conv_block(x, min(256, filters * 2 ** (len(skips) - 1 - i)), i)
+    x = layers.Resizing(input_size, input_size, interpolation="bilinear", name=f"{SEG_PREFIX}up_input")(x)
+    x = conv_block(x, filters, len(skips))
+    out = layers.Conv2D(len(SEG_CLASSES), 1, activation="softmax", kernel_initializer=keras.initializers.GlorotUniform(
+        seed + 100), name=SEG_OUT)(x)
+    return keras.Model(inputs, out, name=f"{spec.key}_segment")
+
+
+def set_segment_depth(model: keras.Model, spec: BackboneSpec, depth: int) -> None:
+    """Freeze a segmenter for a depth: 0 = the decoder only; 1 = also the backbone's last block (as set_depth); a CBR
+    net trains everything."""
+    start = len(model.layers)
+    if spec.pretrained and depth == 1:
+        start = first_unfrozen_index(model, spec)
+    for i, layer in enumerate(model.layers):
+        layer.trainable = not spec.pretrained or i >= start or layer.name.startswith(SEG_PREFIX) or (
+            layer.name == SEG_OUT)
 
 
 def head_layers(model: keras.Model) -> tuple[str, ...]:

@@ -62,21 +62,40 @@ def window(img: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
     return np.clip((img - lo) * (255.0 / (hi - lo)), 0.0, 255.0)
 
 
-def rotate(img: np.ndarray, angle_deg: float) -> np.ndarray:
+def rotate(img: np.ndarray, angle_deg: float, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
     if angle_deg == 0:
         return img
     h, w = img.shape[:2]
     m = cv2.getRotationMatrix2D((w / 2.0 - 0.5, h / 2.0 - 0.5), angle_deg, 1.0)
-    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return cv2.warpAffine(img, m, (w, h), flags=interpolation, borderMode=cv2.BORDER_REPLICATE)
 
 
-def crop_resize(img: np.ndarray, fraction: float, size: int) -> np.ndarray:
-    h, w = img.shape[:2]
+def crop_box(shape: tuple[int, ...], fraction: float) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the centre crop of an image of `shape`."""
+    h, w = shape[:2]
     ch, cw = max(1, round(h * fraction)), max(1, round(w * fraction))
-    top, left = (h - ch) // 2, (w - cw) // 2
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def crop_resize(img: np.ndarray, fraction: float, size: int, interpolation: int | None = None) -> np.ndarray:
+    top, left, ch, cw = crop_box(img.shape, fraction)
     crop = img[top:top + ch, left:left + cw]
-    interp = cv2.INTER_AREA if ch > size else cv2.INTER_LINEAR
-    return cv2.resize(crop, (size, size), interpolation=interp)
+    if interpolation is None:
+        interpolation = cv2.INTER_AREA if ch > size else cv2.INTER_LINEAR
+    return cv2.resize(crop, (size, size), interpolation=interpolation)
+
+
+def make_label_map(labels: np.ndarray, prep: Preprocessing, angle_deg: float = 0.0) -> np.ndarray:
+    """A per-pixel label image (a mask) through the geometry `make_input` gives its slice: the same rotation, crop
+    and resize, by nearest neighbour so that every pixel keeps a code; (size, size) uint8."""
+    rotated = rotate(labels, angle_deg, cv2.INTER_NEAREST)
+    return crop_resize(rotated, prep.crop_fraction, prep.input_size, cv2.INTER_NEAREST)
+
+
+def input_pixel_area(shape: tuple[int, ...], prep: Preprocessing) -> float:
+    """Native pixels per network-input pixel for a slice of `shape` (the crop's area over the input's)."""
+    _, _, ch, cw = crop_box(shape, prep.crop_fraction)
+    return ch * cw / float(prep.input_size ** 2)
 
 
 def backbone_preprocess(x: np.ndarray, mode: str) -> np.ndarray:

@@ -55,6 +55,14 @@ class Profile:
     stack_hidden: int = 32
     stack_dropout: float = 0.3
     stack_batch: int = 8                # stacks per training step
+    # which heads a grid trains (--head): classify, segment, both, or auto (both where the training data has masks
+    # and OAP/IN/OBS stacks, else classify)
+    head: str = "auto"
+    # the segmentation head (segment.py): Adam over its LR grid, Dice + cross-entropy, the decoder's finest width
+    segment_lrs: tuple[float, ...] = (1e-3, 1e-4)
+    segment_epochs: int = 30
+    segment_batch: int = 16
+    segment_filters: int = 16
     # field overrides for one backbone key, or for "cbr" (the from-scratch baselines); per-run fields only
     per_backbone: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -90,7 +98,8 @@ class Profile:
 # what may differ between the models of one grid; data-level fields (folds, split, augmentation) may not
 PER_RUN_FIELDS = {"epochs", "batch_size", "lr_depth0", "lr_depth1", "lr_cbr", "lr_cbr_target", "dropout",
                   "bank_views", "cache_dtype", "cache_budget_gb", "jit_compile_depth1", "feature_precision",
-                  "feature_batch", "cv_threads", "stack_lrs", "stack_epochs", "stack_hidden", "stack_dropout", "stack_batch"}
+                  "feature_batch", "cv_threads", "stack_lrs", "stack_epochs", "stack_hidden", "stack_dropout", "stack_batch",
+                  "segment_lrs", "segment_epochs", "segment_batch", "segment_filters"}
 
 PROFILES: dict[str, Profile] = {p.name: p for p in [
     Profile("paper", "Ho & Kim 2021: paper input sizes, 3 LRs x 5 folds x 50 epochs, batch 32, oversample 6, "
@@ -101,10 +110,12 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
                      "minimum, for the Inception family and Xception); the CBR baselines (all layers trained, slow "
                      "on CPU) get 1 epoch, LR 1e-2 (with a target, regression or multi: 1e-3, as 1e-2 diverges) "
                      "and 16 px inputs (CBR-LargeT: 32, its minimum). ImageNet weights where present, random "
-                     "otherwise (recorded per run).",
+                     "otherwise (recorded per run). The classification heads only, so that the 21 models keep to that time "
+                     "(--head both adds the segmentation head: 3 epochs, LR 1e-3).",
             epochs=3, n_folds=3,
             lr_depth0=(1e-2, 1e-3), lr_depth1=(1e-3,), lr_cbr=(1e-2,), lr_cbr_target=(1e-3,),
             bank_views=1, weights="auto", synthetic_patients=16, stack_epochs=30,
+            head="classify", segment_lrs=(1e-3,), segment_epochs=3,
             input_sizes={"mobilenet": 64, "mobilenetv2": 64, "vgg16": 64, "inceptionv3": 75, "resnet50v2": 32,
                          "inceptionresnetv2": 75, "densenet121": 32, "nasnetmobile": 32, "xception": 71,
                          "cbr_large_t": 16, "cbr_small": 16, "cbr_tiny": 16},

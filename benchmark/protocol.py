@@ -52,6 +52,7 @@ from .task import Task
 from .train import Trainer
 
 SLICE_CLASSES = ("OAP", "IN", "OBS")
+HEADS = ("classify", "segment")
 
 
 @dataclass
@@ -73,6 +74,7 @@ class Experiment:
     data_desc: dict[str, Any] = field(default_factory=dict)
     input_kind: str = "2d"            # 2d | 2.5d (neighbouring slices as channels)
     bank_rows: np.ndarray | None = None  # rows the cached bank covers, when wider than the pool (see cache_views)
+    heads: tuple[str, ...] = ("classify",)  # HEADS this experiment trains: the classifiers, the segmentation head
 
     @property
     def augment(self) -> bool:

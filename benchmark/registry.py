@@ -25,6 +25,8 @@ HEAD_RESCALE = "head_rescale"   # standardised target -> original units (fixed, 
 HEAD_BOTH = "head_both"         # the multi-task head's one output: class probabilities, then the target
 HEAD_UNITS = 256
 TASKS = ("classification", "regression", "multi")
+SEG_OUT = "seg_out"             # the segmentation head's per-pixel softmax over SEG_CLASSES
+SEG_CLASSES = ("background", "lv_myocardium", "lv_cavity")  # the head's channels; codes from data_prep MASK_CODES
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,11 @@ class BackboneSpec:
     # Xception 9.7 vs 14.6, ResNet50V2 23.7 vs 33.7; not chosen: NASNetMobile 73.9 vs 81.0, MobileNet 486 vs 469,
     # MobileNetV2 317 vs 215 (their ImageNet features also moved 13 % and 10 %, relative L2).
     cpu_bf16: bool = False
+    # The feature maps the segmentation decoder joins, finest first (one per resolution below the input, above the
+    # backbone's output). Named where Keras gives the layers fixed names; None for the networks whose layers at
+    # those resolutions carry automatic names (`activation_28`, numbered per process): for them, and the CBR nets,
+    # models.skip_layers takes the last layer at each resolution.
+    skip_layers: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.application is not None and (self.unfreeze_from is None) == (self.unfreeze_after is None):
@@ -66,18 +73,24 @@ class BackboneSpec:
 
 BACKBONES: dict[str, BackboneSpec] = {s.key: s for s in [
     BackboneSpec("mobilenet", "MobileNet α0.25", 224, 32, "MobileNet", (("alpha", 0.25),), "tf",
-                 unfreeze_from="conv_dw_13"),
+                 unfreeze_from="conv_dw_13",
+                 skip_layers=("conv_pw_1_relu", "conv_pw_3_relu", "conv_pw_5_relu", "conv_pw_11_relu")),
     BackboneSpec("mobilenetv2", "MobileNetV2 α0.35", 224, 32, "MobileNetV2", (("alpha", 0.35),), "tf",
-                 unfreeze_from="block_16_expand"),
+                 unfreeze_from="block_16_expand",
+                 skip_layers=("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu",
+                              "block_13_expand_relu")),
     BackboneSpec("vgg16", "VGG16", 224, 32, "VGG16", (), "caffe", unfreeze_from="block5_conv1",
-                 cam_layer="block5_conv3", depth1_xla=True, cpu_bf16=True),
+                 cam_layer="block5_conv3", depth1_xla=True, cpu_bf16=True,
+                 skip_layers=("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3", "block5_conv3")),
     BackboneSpec("inceptionv3", "InceptionV3", 299, 75, "InceptionV3", (), "tf", unfreeze_after="mixed9",
                  depth1_xla=True, cpu_bf16=True),
     BackboneSpec("resnet50v2", "ResNet50V2", 224, 32, "ResNet50V2", (), "tf", unfreeze_from="conv5_block3_preact_bn",
-                 depth1_xla=True, cpu_bf16=True),
+                 depth1_xla=True, cpu_bf16=True,
+                 skip_layers=("conv1_conv", "conv2_block3_1_relu", "conv3_block4_1_relu", "conv4_block6_1_relu")),
     BackboneSpec("inceptionresnetv2", "InceptionResNetV2", 299, 75, "InceptionResNetV2", (), "tf",
                  unfreeze_after="block8_9_ac", depth1_xla=True, cpu_bf16=True),
-    BackboneSpec("densenet121", "DenseNet121", 224, 32, "DenseNet121", (), "torch", unfreeze_from="conv5_block1_0_bn", cpu_bf16=True),
+    BackboneSpec("densenet121", "DenseNet121", 224, 32, "DenseNet121", (), "torch", unfreeze_from="conv5_block1_0_bn",
+                 cpu_bf16=True, skip_layers=("conv1_relu", "pool2_conv", "pool3_conv", "pool4_conv")),
     BackboneSpec("nasnetmobile", "NASNetMobile", 224, 32, "NASNetMobile", (), "tf", unfreeze_after="normal_concat_11"),
     BackboneSpec("xception", "Xception", 299, 71, "Xception", (), "tf", unfreeze_from="block14_sepconv1", cpu_bf16=True),
     BackboneSpec("cbr_large_t", "CBR-LargeT", 224, 32, None, (), "unit", cbr=(7, (32, 64, 128, 256, 512))),
