@@ -185,9 +185,7 @@ def _build(prefix: keras.Model | None, ds: Dataset, prep: Preprocessing, views: 
         arrays = [np.lib.format.open_memmap(tmp / f"out{j}.npy", mode="w+", dtype=dtype, shape=(len(views), *shape))
                   for j, shape in enumerate(shapes)]
         angles, gammas = augmentation.of(seed, views.rows, views.copies, views.draws)
-        # held here for the whole pass: inference() keeps no model alive
-        net = None if prefix is None else in_precision(prefix, run.precision)
-        forward = (lambda x: x) if net is None else inference(net)
+        forward = (lambda x: x) if prefix is None else inference(in_precision(prefix, run.precision))
         batch_size = run.batch_size
         batches = prefetched(len(views), batch_size, lambda sl: ds.make_inputs(views.rows[sl], prep, angles[sl],
                                                                                gammas[sl]))

@@ -98,7 +98,19 @@ def in_precision(model: keras.Model, precision: str) -> keras.Model:
 _INFERENCE: weakref.WeakKeyDictionary[keras.Model, Callable] = weakref.WeakKeyDictionary()
 
 
-def inference(model: keras.Model) -> Callable:
+@dataclass(frozen=True, eq=False)
+class Forward:
+    """A model's compiled forward, holding the model: the per-model cache holds neither (a grid builds many
+    networks), so a caller may keep this alone, e.g. for a precision copy it made on the fly."""
+
+    model: keras.Model
+    compiled: Callable  # built once per model
+
+    def __call__(self, *xs):
+        return self.compiled(*xs)
+
+
+def inference(model: keras.Model) -> Forward:
     """model(x, training=False) in float32 as one compiled function for any batch size, built once per model.
 
     TensorFlow: one tf.function with an open batch dimension (an eager call costs 7x a compiled one for MobileNet at
@@ -107,10 +119,10 @@ def inference(model: keras.Model) -> Callable:
     """
     fn = _INFERENCE.get(model)
     if fn is None:
-        ref = weakref.ref(model)  # the cache entry must not keep its model alive
+        ref = weakref.ref(model)  # a cache entry that held its model would keep it alive for ever
         make = _tf_inference if keras.backend.backend() == "tensorflow" else _padded_inference
         fn = _INFERENCE[model] = make(model, ref)
-    return fn
+    return Forward(model, fn)
 
 
 def _tf_inference(model: keras.Model, ref: Callable[[], keras.Model]) -> Callable:

@@ -246,8 +246,7 @@ def feature_pass_sweep(args: argparse.Namespace) -> int:
         for precision in sorted(precisions, key=lambda x: x != "float32"):  # float32 first: the reference
             for bs in batches:
                 batch = images[:bs]
-                model_at = in_precision(prefix, precision)  # held here: inference() keeps no model alive
-                net = inference(model_at)
+                net = inference(in_precision(prefix, precision))
                 first = np.asarray(net(batch))  # compiles
                 ref = reference.setdefault(bs, first) if precision == "float32" else reference.get(bs)
                 drift = float(np.linalg.norm(first - ref) / np.linalg.norm(ref)) if ref is not None else float("nan")

@@ -93,3 +93,30 @@ def test_the_planner_counts_what_the_run_does_and_times_every_job_kind(tiny_synt
     for r in rows:
         assert r["rates"]["step_s"] > 0 and r["cv_s"] > 0 and r["machine_s"] >= r["wall_s"] > 0
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # the planner trains nothing
+
+
+@pytest.mark.slow
+def test_the_plan_command_runs_on_a_real_network_at_mixed_precision(tmp_path, monkeypatch, capsys):
+    """`perf --plan` end to end. At a mixed precision the feature pass runs a copy of the frozen prefix that only its
+    compiled forward holds (on a GPU by default): that forward must keep its network alive."""
+    from benchmark import perf
+    from data_prep import synthetic
+    data = synthetic.generate(tmp_path / "syn6", patients=6, seed=0)
+    monkeypatch.setitem(infer.FEATURE_PASS, "cpu", infer.FeaturePass("mixed_bfloat16", 16))
+    assert perf.main(["--plan", "--profile", "quick", "--backbone", "mobilenet", "--depth", "0", "--weights", "none",
+                      "--data", str(data), "--input-size", "32"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| mobilenet_d0 |"))
+    assert all(float(x) >= 0 for x in row.strip("| ").split(" | ")[1:])
+    assert "grid: predicted" in out
+
+
+def test_a_compiled_forward_keeps_its_network_alive():
+    import gc
+
+    import keras
+    import numpy as np
+    inp = keras.Input((4, 4, 3))
+    forward = infer.inference(keras.Model(inp, keras.layers.Dense(2)(inp)))  # nothing else holds the model
+    gc.collect()
+    assert np.asarray(forward(np.zeros((3, 4, 4, 3), np.float32))).shape == (3, 4, 4, 2)

@@ -57,8 +57,8 @@ def test_inference_is_traced_once_for_every_batch_size_and_equals_the_model():
     data = np.random.default_rng(0).normal(size=(70, 4, 4, 3)).astype("float32")
     out = predict(model, [data], batch_size=32)  # batches of 32, 32 and 6
     np.testing.assert_allclose(out, np.asarray(model(data, training=False)), atol=1e-5)
-    fn = inference(model)
-    assert fn is inference(model)
+    fn = inference(model).compiled
+    assert fn is inference(model).compiled
     assert fn.experimental_get_tracing_count() == 1
     assert predict(model, [data[:0]]).shape == (0, 2)
 
