@@ -242,3 +242,74 @@ def bootstrap_ci(fn: Callable[[np.ndarray], float], groups, n_boot: int = 1000, 
         return float("nan"), float("nan")
     low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return float(low), float(high)
+
+
+# the per-stack IN-range figures that average to range_metrics', and the ones a model is compared on with the constant
+STACK_RANGE_KEYS = ("range_exact", "range_within1", "boundary_mae")
+VS_CONSTANT = "vs_constant"  # test_metrics.json / oof_metrics.json: the paired difference against every slice IN
+N_BOOT, BOOT_SEED = 1000, 0  # of the paired intervals the engine writes
+
+
+def nan_mean(values: np.ndarray) -> float:
+    """The mean of the finite values; NaN when there is none."""
+    finite = values[~np.isnan(values)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+def per_stack_range(y: np.ndarray, pred: np.ndarray, stacks: pd.DataFrame, in_index: int = IN) -> pd.DataFrame:
+    """range_metrics of each (patient, frame) stack alone: their NaN-mean over stacks is range_metrics of all.
+    `outer`: the stack's true labels hold a slice that is not IN.
+
+    (A stack without a true IN slice gives NaN everywhere and drops out, as range_metrics leaves it out; a stack
+    scored but without predicted IN has NaN boundary errors, which range_metrics also leaves out, and each scored
+    stack weighs its two boundaries equally in both.)
+    """
+    y, pred = np.asarray(y), np.asarray(pred)
+    table = stack_table(stacks, len(y))
+    records = []
+    for (patient, frame), rows in table.groupby(["patient", "frame"], sort=True).indices.items():
+        m = range_metrics(y[rows], pred[rows], table.iloc[rows], in_index)
+        records.append({"patient": patient, "frame": frame, **{k: m[k] for k in STACK_RANGE_KEYS},
+                        "outer": bool((y[rows] != in_index).any())})
+    return pd.DataFrame(records, columns=["patient", "frame", *STACK_RANGE_KEYS, "outer"])
+
+
+def paired_difference(values, reference, groups, n_boot: int = N_BOOT, seed: int = BOOT_SEED,
+                      alpha: float = 0.05) -> dict:
+    """nan_mean(values) - nan_mean(reference) of two measurements of the same items (e.g. per-stack hits of a
+    model and of a baseline), with its percentile (1 - alpha) interval from `bootstrap_ci` over `groups` (the
+    patient of each item): each replicate takes both means on the same resampled items, so what the two share
+    cancels. n_boot 0: the difference alone (interval NaN)."""
+    a = np.asarray(values, dtype=np.float64)
+    b = np.asarray(reference, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired_difference: values {a.shape} and reference {b.shape} must be equally long 1-D")
+
+    def diff(idx: np.ndarray) -> float:
+        return nan_mean(a[idx]) - nan_mean(b[idx])
+
+    lo, hi = bootstrap_ci(diff, groups, n_boot, seed, alpha) if n_boot else (float("nan"), float("nan"))
+    return {"difference": diff(np.arange(len(a))), "lo": lo, "hi": hi}
+
+
+def paired_range_difference(y_true, y_pred, reference, stacks, n_boot: int = N_BOOT, seed: int = BOOT_SEED,
+                            alpha: float = 0.05, in_index: int = IN) -> dict:
+    """The IN-range figures of labels `y_pred` minus those of `reference` (e.g. every slice IN) on the same stacks,
+    each with a paired patient-bootstrap interval (`paired_difference`; a patient's stacks are drawn together), and
+    the supports: stacks scored (with a true IN slice), those of them with an outer slice, patients.
+
+    {range_exact: {difference, lo, hi}, range_within1: ..., boundary_mae: ..., n_stacks, n_stacks_outer,
+    n_patients, n_boot, seed, alpha}. Seeded: the same inputs give the same intervals.
+    """
+    model = per_stack_range(y_true, y_pred, stacks, in_index)
+    base = per_stack_range(y_true, reference, stacks, in_index)
+    scored = model["range_exact"].notna().to_numpy()
+    model, base = model[scored].reset_index(drop=True), base[scored].reset_index(drop=True)
+    if model.empty:
+        raise ValueError("paired_range_difference: no stack with a true IN slice")
+    groups = model["patient"].to_numpy()
+    out: dict = {key: paired_difference(model[key].to_numpy(float), base[key].to_numpy(float), groups, n_boot, seed,
+                                        alpha) for key in STACK_RANGE_KEYS}
+    out.update(n_stacks=int(len(model)), n_stacks_outer=int(model["outer"].sum()),
+               n_patients=int(pd.unique(groups).size), n_boot=int(n_boot), seed=int(seed), alpha=float(alpha))
+    return out

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
-from benchmark.metrics import (bootstrap_ci, classification_metrics, macro_f1, per_class_f1, range_metrics,
+from benchmark.metrics import (bootstrap_ci, classification_metrics, macro_f1, paired_difference,
+                               paired_range_difference, per_class_f1, per_stack_range, range_metrics,
                                regression_metrics, soft_accuracy, soft_correct, stack_ranges)
 
 CLASSES = ("OAP", "IN", "OBS")
@@ -267,3 +268,88 @@ def test_bootstrap_drops_nan_replicates():
     values = iter([math.nan, 1.0, 3.0] * 10)
     low, high = bootstrap_ci(lambda idx: next(values), groups, n_boot=30, alpha=0.5)
     assert (low, high) == (1.0, 3.0)
+
+
+# ---- paired difference against every slice IN --------------------------------------------------------------------
+def stacks_of(patients: list[str], labels: list[list[int]], frames: list[str] | None = None) -> pd.DataFrame:
+    """One stack per entry: its patient, frame (ED unless given), slices 0.. and true labels."""
+    frames = frames or ["ED"] * len(patients)
+    return pd.DataFrame([(p, f, s, c) for p, f, stack in zip(patients, frames, labels) for s, c in enumerate(stack)],
+                        columns=["patient", "frame", "slice", "truth"])
+
+
+def test_paired_difference_of_identical_predictions_is_exactly_zero():
+    t = range_case()
+    d = paired_range_difference(t["truth"], t["pred"], t["pred"], t, n_boot=200, seed=1)
+    for key in ("range_exact", "range_within1", "boundary_mae"):
+        assert (d[key]["difference"], d[key]["lo"], d[key]["hi"]) == (0.0, 0.0, 0.0), key
+
+
+def test_paired_difference_against_every_slice_in_by_hand():
+    # range_case plus P7, all IN and predicted so: every slice IN is exact on P7 alone, within 1 on all but P1
+    # (2 slices off at the apex); its boundary errors per stack: P1 1.5, P2..P6 1 (P5 unscored), P7 0
+    t = range_case()
+    t = pd.concat([t, pd.DataFrame({"patient": "P7", "frame": "ED", "slice": range(4), "truth": 1, "pred": 1})],
+                  ignore_index=True)
+    every_in = np.ones(len(t), dtype=int)
+    d = paired_range_difference(t["truth"], t["pred"], every_in, t, n_boot=300, seed=0)
+    assert d["range_exact"]["difference"] == pytest.approx(2 / 6 - 1 / 6)     # P2, P7 against P7
+    assert d["range_within1"]["difference"] == pytest.approx(4 / 6 - 5 / 6)   # P1, P2, P4, P7 against all but P1
+    # the model's boundary MAE leaves out P3 (no IN predicted): (0.5 + 0 + 1 + 1.5 + 0) / 5 against 5.5 / 6
+    assert d["boundary_mae"]["difference"] == pytest.approx(0.6 - 5.5 / 6)
+    assert (d["n_stacks"], d["n_stacks_outer"], d["n_patients"]) == (6, 5, 6)
+    for key in ("range_exact", "range_within1", "boundary_mae"):
+        assert d[key]["lo"] <= d[key]["difference"] <= d[key]["hi"]
+    assert (d["n_boot"], d["seed"], d["alpha"]) == (300, 0, 0.05)
+
+
+def test_a_model_right_where_the_constant_misses_k_of_n_stacks_gains_k_over_n():
+    # 8 patients, one stack each; 3 stacks start with an OAP slice, which the model gets and every slice IN misses
+    labels = [[0, 1, 1, 1]] * 3 + [[1, 1, 1, 1]] * 5
+    t = stacks_of([f"p{i}" for i in range(8)], labels)
+    d = paired_range_difference(t["truth"], t["truth"], np.ones(len(t), dtype=int), t, n_boot=500, seed=2)
+    assert d["range_exact"]["difference"] == pytest.approx(3 / 8)
+    assert 0 <= d["range_exact"]["lo"] < 3 / 8 < d["range_exact"]["hi"] <= 1  # never worse on any resample
+    # one slice off is within 1: no difference on any resample
+    assert (d["range_within1"]["difference"], d["range_within1"]["lo"], d["range_within1"]["hi"]) == (0, 0, 0)
+    assert d["boundary_mae"]["difference"] == pytest.approx(-3 * 0.5 / 8)  # the constant's apical error 1 of 2 ends
+    assert d["n_stacks_outer"] == 3
+    everywhere = stacks_of([f"p{i}" for i in range(4)], [[0, 1, 1]] * 4)  # the constant wrong on every stack
+    d = paired_range_difference(everywhere["truth"], everywhere["truth"], np.ones(12, dtype=int), everywhere,
+                                n_boot=50)
+    assert (d["range_exact"]["difference"], d["range_exact"]["lo"], d["range_exact"]["hi"]) == (1, 1, 1)
+
+
+def test_paired_bootstrap_draws_a_patients_stacks_together_and_is_seeded():
+    # 10 patients with an ED and an ES stack; the model beats the constant on both stacks of patients 0..3
+    patients = [f"p{i}" for i in range(10) for _ in range(2)]
+    labels = [[0, 1, 1] if i < 4 else [1, 1, 1] for i in range(10) for _ in range(2)]
+    t = stacks_of(patients, labels, ["ED", "ES"] * 10)
+    every_in = np.ones(len(t), dtype=int)
+    d = paired_range_difference(t["truth"], t["truth"], every_in, t, n_boot=400, seed=3)
+    per_stack_gain = np.repeat([1.0] * 4 + [0.0] * 6, 2)  # stacks in (patient, frame) order
+    expected = bootstrap_ci(lambda idx: per_stack_gain[idx].mean(), np.repeat(patients[::2], 2), 400, 3)
+    assert (d["range_exact"]["lo"], d["range_exact"]["hi"]) == pytest.approx(expected, abs=1e-12)
+    assert d["range_exact"]["difference"] == pytest.approx(0.4) and d["n_patients"] == 10
+    assert paired_range_difference(t["truth"], t["truth"], every_in, t, n_boot=400, seed=3) == d
+    other = paired_range_difference(t["truth"], t["truth"], every_in, t, n_boot=30, seed=4)["range_exact"]
+    assert (other["lo"], other["hi"]) == pytest.approx(
+        bootstrap_ci(lambda idx: per_stack_gain[idx].mean(), np.repeat(patients[::2], 2), 30, 4), abs=1e-12)
+
+
+def test_paired_difference_without_replicates_and_refusals():
+    d = paired_difference([1.0, np.nan, 0.0], [0.0, 0.0, 0.0], ["a", "b", "c"], n_boot=0)
+    assert d["difference"] == pytest.approx(0.5) and math.isnan(d["lo"]) and math.isnan(d["hi"])
+    with pytest.raises(ValueError, match="equally long"):
+        paired_difference([1.0, 0.0], [1.0], ["a", "b"])
+    no_in = stacks_of(["a"], [[0, 2]])
+    with pytest.raises(ValueError, match="no stack with a true IN slice"):
+        paired_range_difference(no_in["truth"], no_in["truth"], no_in["truth"], no_in)
+
+
+def test_per_stack_range_flags_stacks_with_outer_slices():
+    t = range_case()
+    per = per_stack_range(t["truth"].to_numpy(), t["pred"].to_numpy(), t).set_index("patient")
+    assert per["outer"].all()  # every stack of range_case has an OAP or OBS slice
+    assert per.loc["P2", "range_exact"] == 1.0 and per.loc["P1", "boundary_mae"] == 0.5
+    assert np.isnan(per.loc["P5", "range_exact"]) and np.isnan(per.loc["P3", "boundary_mae"])
