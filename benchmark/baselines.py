@@ -74,13 +74,21 @@ def scores(y: np.ndarray, proba: np.ndarray, pred: np.ndarray, stacks: pd.DataFr
     return {k: m[k] for k in keys}
 
 
+def position_out_of_fold(train: pd.DataFrame, y_train: np.ndarray, folds: Sequence[tuple[np.ndarray, np.ndarray]],
+                         n_classes: int) -> np.ndarray:
+    """Probabilities of each row of `train` from the position model fitted on the other folds (`folds`: positions
+    into `train`; a row no fold validates stays 0)."""
+    oof = np.zeros((len(train), n_classes))
+    for tr, va in folds:
+        oof[va] = PositionModel(n_classes).fit(train.iloc[tr], y_train[tr]).predict_proba(train.iloc[va])
+    return oof
+
+
 def position_baseline(train: pd.DataFrame, y_train: np.ndarray, folds: Sequence[tuple[np.ndarray, np.ndarray]],
                       test: pd.DataFrame, n_classes: int) -> tuple[np.ndarray, Decoding, dict]:
     """Test probabilities of the position model fitted on `train`, and its decoding tuned on out-of-fold
     predictions over `folds` (positions into `train`), the rule every model's decoding follows."""
-    oof = np.zeros((len(train), n_classes))
-    for tr, va in folds:
-        oof[va] = PositionModel(n_classes).fit(train.iloc[tr], y_train[tr]).predict_proba(train.iloc[va])
+    oof = position_out_of_fold(train, y_train, folds, n_classes)
     decoding, record = tune_decoding(oof, y_train, train[["patient", "frame", "slice"]])
     proba = PositionModel(n_classes).fit(train, y_train).predict_proba(test)
     return proba, decoding, record
@@ -91,9 +99,13 @@ def baseline_predictions(train: pd.DataFrame, y_train: np.ndarray, folds, test: 
     """{baseline: (test probabilities, test labels, how they were decoded)}."""
     stacks = test[["patient", "frame", "slice"]]
     proba, decoding, record = position_baseline(train, y_train, folds, test, n_classes)
-    constant = constant_proba(len(test), n_classes)
-    return {CONSTANT: (constant, constant.argmax(1), {"kind": "constant", "label_index": IN}),
-            POSITION: (proba, decoding.apply(proba, stacks), record)}
+    return {CONSTANT: constant_baseline(len(test), n_classes), POSITION: (proba, decoding.apply(proba, stacks), record)}
+
+
+def constant_baseline(n: int, n_classes: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Every slice IN as (probabilities, labels, record) for n rows: the same on any rows, test or out-of-fold."""
+    constant = constant_proba(n, n_classes)
+    return constant, constant.argmax(1), {"kind": "constant", "label_index": IN}
 
 
 def baseline_metrics(predictions: dict[str, tuple[np.ndarray, np.ndarray, dict]], y: np.ndarray,

@@ -13,7 +13,8 @@ skipped:
     foldinit_f<k>    (depth 0, when depth 1 is planned) the fold model at the selected LR and epochs, for depth 1
     final            retrained on the whole training pool for the selected epochs (depth 1: from the depth-0 final
                      head); exported as model/
-    test             predictions and metrics on the held-out patients
+    test             predictions and metrics on the held-out patients; with slice ranges also the out-of-fold
+                     predictions and metrics over the training pool (the CV jobs' validation outputs at the selection)
 
 The parts: run_spec.RunSpec says what a run is (config.json); fits.py builds its network and inputs and runs a fit
 from a FitPlan; evaluate.py scores test outputs; ModelRun below runs each job with them.
@@ -34,14 +35,14 @@ import pandas as pd
 from data_prep import atomic
 from data_prep.provenance import code_version
 
-from .baselines import baseline_predictions
+from .baselines import CONSTANT, POSITION, baseline_predictions, constant_baseline, position_out_of_fold
 from .cache import Views, bank_views, plain_views
 from .data import Augmentation, Dataset, folds_frame, oversample_factors
 from .decode import Decoding, tune_decoding
 from .errors import BenchmarkInputError
 from .fits import (FitInputs, Head, Network, build_inputs, build_network, cv_pairs, cv_plan, final_plan,
                    foldinit_plan, new_trainer, run_fit, save_head)
-from .evaluate import evaluate, test_outputs, write_test
+from .evaluate import cross_fitted_decoding, evaluate, test_outputs, write_out_of_fold, write_test
 from .layout import (CV_HISTORY, DONE, FOLDS, HISTORY, JOB_JSON, MODEL_FILE, MODEL_JSON, RESULTS_FORMAT, SELECTION,
                      TIMING, VAL_OUTPUT, JobClock, job_dir_name, job_seconds, model_dir)
 from .metrics import higher_is_better
@@ -128,6 +129,27 @@ class Experiment:
         folds = [(np.array([at[r] for r in tr]), np.array([at[r] for r in va])) for tr, va in self.folds]
         return baseline_predictions(train, self.ds.rows.y.to_numpy()[self.pool], folds,
                                     ds.rows.iloc[rows].reset_index(drop=True), len(self.ds.classes))
+
+    @functools.cached_property
+    def oof_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows of ds, fold of each) of the out-of-fold predictions: every fold's validation rows in fold order, the
+        order in which the CV jobs' validation outputs concatenate."""
+        return (np.concatenate([va for _, va in self.folds]),
+                np.concatenate([np.full(len(va), k) for k, (_, va) in enumerate(self.folds)]))
+
+    @functools.cached_property
+    def oof_baselines(self) -> dict[str, tuple[np.ndarray, np.ndarray, dict]]:
+        """The baselines on the out-of-fold rows (oof_rows): every slice IN, and each fold's position model on its
+        validation rows, decoded cross-fitted as the models' out-of-fold predictions are."""
+        rows, fold = self.oof_rows
+        at = {r: i for i, r in enumerate(rows)}
+        folds = [(np.array([at[r] for r in tr]), np.array([at[r] for r in va])) for tr, va in self.folds]
+        train, y = self.ds.rows.loc[rows].reset_index(drop=True), self.ds.rows.y.to_numpy()[rows]
+        proba = position_out_of_fold(train, y, folds, len(self.ds.classes))
+        stacks = self.ds.stacks(rows)
+        decoding = cross_fitted_decoding(proba, y, stacks, fold)
+        return {CONSTANT: constant_baseline(len(rows), len(self.ds.classes)),
+                POSITION: (proba, decoding.apply(proba, stacks), decoding.to_dict())}
 
 
 class ModelRun:
@@ -286,6 +308,9 @@ class ModelRun:
         predictions, metrics = evaluate(ds, rows, output, spec.task, decoding,
                                         None if decoding is None else exp.baselines)
         write_test(spec.dir, predictions, metrics)
+        outputs = self._fold_outputs(self.selected()) if decoding is not None else None
+        if outputs is not None:
+            out_of_fold(exp, outputs, spec.dir)
         atomic.write_json(spec.job_dir("test") / JOB_JSON, clock.record())
         atomic.write_json(spec.dir / TIMING, job_seconds(spec.dir))
         atomic.write_text(spec.dir / DONE, "")
@@ -302,14 +327,20 @@ class ModelRun:
             return None
         return Decoding.from_dict(self.selected().get("decoding", Decoding().to_dict()))
 
+    def _fold_outputs(self, sel: dict[str, Any]) -> list[np.ndarray] | None:
+        """Each fold's validation outputs at the selected LR and epoch count; None where a CV job of an older
+        version kept none."""
+        paths = [self.spec.job_dir(job_dir_name("cv", sel["lr"], k)) / VAL_OUTPUT
+                 for k in range(len(self.spec.exp.folds))]
+        if not all(p.is_file() for p in paths):
+            return None
+        return [np.load(p)[sel["epochs"] - 1].astype(np.float64) for p in paths]
+
     def _tuned_decoding(self, sel: dict[str, Any]) -> dict[str, Any]:
         """The decoding tuned on the out-of-fold validation outputs at the selected LR and epoch count."""
-        probas = []
-        for k in range(len(self.spec.exp.folds)):
-            path = self.spec.job_dir(job_dir_name("cv", sel["lr"], k)) / VAL_OUTPUT
-            if not path.is_file():  # CV jobs of an older version kept no outputs
-                return {**Decoding().to_dict(), "tuned_on": f"nothing ({path.name} of fold {k} missing)"}
-            probas.append(np.load(path)[sel["epochs"] - 1].astype(np.float64))
+        probas = self._fold_outputs(sel)
+        if probas is None:
+            return {**Decoding().to_dict(), "tuned_on": f"nothing ({VAL_OUTPUT} of a fold missing)"}
         return decoding_on_folds(self.spec.exp, probas)[1]
 
 
@@ -332,8 +363,20 @@ def output_columns(task: Task) -> list[str]:
 def decoding_on_folds(exp: Experiment, fold_outputs: list[np.ndarray]) -> tuple[Decoding, dict[str, Any]]:
     """The decoding tuned (decode.tune_decoding) on out-of-fold validation outputs, one array per fold of
     `exp.folds` with its validation rows in fold order."""
-    pool = np.concatenate([va for _, va in exp.folds])
+    pool = exp.oof_rows[0]
     return tune_decoding(np.concatenate(fold_outputs), exp.ds.rows.y.to_numpy()[pool], exp.ds.stacks(pool))
+
+
+def out_of_fold(exp: Experiment, fold_outputs: list[np.ndarray], directory: Path) -> dict[str, Any]:
+    """oof_predictions.csv and oof_metrics.json in a run's `directory` (evaluate.write_out_of_fold) from its
+    out-of-fold validation outputs (one array per fold of `exp.folds`, its validation rows in fold order, class
+    probabilities first), decoded cross-fitted (each fold as tuned on the others) beside the baselines on the same
+    training stacks; returns the metrics. What every slice-range run kind calls once its CV is done."""
+    rows, fold = exp.oof_rows
+    proba = np.concatenate(fold_outputs)[:, :len(exp.ds.classes)].astype(np.float64)
+    proba /= proba.sum(axis=1, keepdims=True)  # kept as float16 (val_output.npy): sums off 1 by up to ~1e-3
+    decoding = cross_fitted_decoding(proba, exp.ds.rows.y.to_numpy()[rows], exp.ds.stacks(rows), fold)
+    return write_out_of_fold(directory, exp.ds, rows, proba, decoding, exp.oof_baselines)
 
 
 def select(hist: pd.DataFrame, metric: str, lrs, n_folds: int, *, lower_is_better: bool = False) -> dict[str, Any]:

@@ -17,7 +17,8 @@ The protocol is the per-slice one: the experiment's patient-grouped folds, a lea
 `stack_lrs`, Adam), the (LR, epoch count) with the best fold-mean validation macro-F1, then a final fit on the
 whole training pool, tested on the held-out patients. Outer classes are weighted by the oversampling factors the
 per-slice fits use. The decoding of probabilities into a range (per-class offsets, monotone or argmax) is tuned on
-the folds' out-of-fold validation predictions (decode.tune_decoding) and applied unchanged to the test.
+the folds' out-of-fold validation predictions (decode.tune_decoding) and applied unchanged to the test; those
+predictions are also the run's out-of-fold results (protocol.out_of_fold).
 The run is one job on top of its backbone's depth-0 run (its features, and its final model for `predict`), written
 to OUT/<backbone>_d0+stack/ like any run. Training costs seconds per fold on a CPU.
 """
@@ -44,7 +45,7 @@ from .fits import FitInputs
 from .infer import predict
 from .layout import (CV_HISTORY, DONE, MODEL_FILE, MODEL_JSON, RESULTS_FORMAT, SELECTION, STACK_SUFFIX, TIMING,
                      model_dir, stack_run_name)
-from .protocol import ModelRun, decoding_on_folds, select
+from .protocol import ModelRun, decoding_on_folds, out_of_fold, select
 from .run_spec import RunSpec, check_run_dir, job_seed, prepare_run_dir
 from .task import Task
 
@@ -274,8 +275,8 @@ class StackRun:
         atomic.write_csv(self.dir / CV_HISTORY, history)
         self.timing["cv_s"] = time.perf_counter() - t0
         sel = select(history, "macro_f1", self.lrs, len(exp.folds))
-        decoding, record = decoding_on_folds(exp, [oof[(sel["lr"], k)][sel["epochs"] - 1]
-                                                   for k in range(len(exp.folds))])
+        fold_outputs = [oof[(sel["lr"], k)][sel["epochs"] - 1] for k in range(len(exp.folds))]
+        decoding, record = decoding_on_folds(exp, fold_outputs)
         sel["decoding"] = record
         atomic.write_json(self.dir / SELECTION, sel)
         t0 = time.perf_counter()
@@ -286,6 +287,7 @@ class StackRun:
         self.timing["final_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         metrics = self._test(final, decoding, base)
+        out_of_fold(exp, fold_outputs, self.dir)
         self.timing["test_s"] = time.perf_counter() - t0
         self._export(final, sel)
         total = sum(self.timing.values())  # one job in one process: its wall time is its machine time
