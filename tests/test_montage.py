@@ -1,13 +1,15 @@
-"""data_prep.montage: the figure is a valid PNG whose shape follows the grid of stacks and slices."""
+"""data_prep.montage: the figure is a valid PNG whose shape follows the grid of stacks and slices, with mask outlines
+where the dataset has masks."""
 from __future__ import annotations
 
 import cv2
+import matplotlib.colors
 import numpy as np
 import pytest
 
 from data_prep.errors import DataPrepError
-from data_prep.manifest import Stack, write_dataset
-from data_prep.montage import (BORDER_PX, GAP_PX, HEADER_PX, PANEL_GAP_PX, TILE_PX, TITLE_PX, _spread,
+from data_prep.manifest import MASK_CODES, Stack, write_dataset
+from data_prep.montage import (BORDER_PX, GAP_PX, HEADER_PX, MASK_COLOURS, PANEL_GAP_PX, TILE_PX, TITLE_PX, _spread,
                                render_montage, render_montages, window)
 
 CELL = TILE_PX + 2 * BORDER_PX + GAP_PX
@@ -67,3 +69,40 @@ def test_unknown_stack_is_named(tmp_path):
     ds = _dataset(tmp_path / "ds", n_stacks=1)
     with pytest.raises(DataPrepError, match="p9/ES"):
         render_montage(ds, tmp_path / "m.png", stacks=[("p9", "ES")])
+
+
+def _masked_dataset(path, with_masks=True):
+    """One stack of three 40x40 slices; the middle one has an LV cavity square inside a myocardial ring."""
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 2000, size=(40, 40), dtype=np.uint16) for _ in range(3)]
+    mask = np.zeros((40, 40), np.uint8)
+    mask[6:34, 6:34] = MASK_CODES["lv_myocardium"]
+    mask[12:28, 12:28] = MASK_CODES["lv_cavity"]
+    masks = [None, mask, np.zeros((40, 40), np.uint8)] if with_masks else None
+    stack = Stack("p0", "ED", images, ["OAP", "IN", "OBS"], ["a", "b", "c"], masks=masks)
+    return write_dataset(path, "masked", [stack], source="test",
+                         mask_structures=["lv_myocardium", "lv_cavity"] if with_masks else ())
+
+
+def _tiles_in_colour(png, hex_colour, n_tiles=3):
+    """Per tile (inside its label border), how many pixels have this colour."""
+    img = cv2.imread(str(png))[..., ::-1].astype(int)
+    rgb = np.round(np.array(matplotlib.colors.to_rgb(hex_colour)) * 255).astype(int)
+    hits = (np.abs(img - rgb) <= 2).all(axis=2)
+    y0 = HEADER_PX + BORDER_PX
+    return [int(hits[y0:y0 + TILE_PX, TITLE_PX + c * CELL + BORDER_PX:][:, :TILE_PX].sum()) for c in range(n_tiles)]
+
+
+def test_mask_outlines_are_drawn_where_a_mask_is(tmp_path):
+    ds = _masked_dataset(tmp_path / "ds")
+    drawn = render_montage(ds, tmp_path / "m.png")
+    cavity, myo = MASK_COLOURS["lv_cavity"], MASK_COLOURS["lv_myocardium"]
+    # one-pixel outlines of squares of these sides in mask pixels, upscaled 96/40, on the middle tile only: the
+    # cavity's edge, and the myocardial ring's outer and inner edges
+    for colour, sides in ((cavity, 16), (myo, 28 + 16)):
+        counts = _tiles_in_colour(drawn, colour)
+        assert counts[0] == counts[2] == 0
+        assert 0.8 * 4 * sides * TILE_PX / 40 < counts[1] < 1.2 * 4 * sides * TILE_PX / 40, counts
+    assert _tiles_in_colour(render_montage(ds, tmp_path / "off.png", masks=False), cavity) == [0, 0, 0]
+    plain = _masked_dataset(tmp_path / "plain", with_masks=False)
+    assert _tiles_in_colour(render_montage(plain, tmp_path / "p.png"), cavity) == [0, 0, 0]
