@@ -79,10 +79,11 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def position_third(rows: pd.DataFrame) -> np.ndarray:
-    """apex, middle or base third of each slice's stack (slice 0 is the apex; a single slice is the middle)."""
-    rel = rows["slice"].to_numpy(float) / np.maximum(rows["n_slices"].to_numpy(float) - 1, 1)
-    rel[rows["n_slices"].to_numpy() <= 1] = 0.5
-    return np.array(POSITION_THIRDS, dtype=object)[np.minimum((rel * 3).astype(int), 2)]
+    """apex, middle or base third of each slice's stack: slice s of n lies in third floor(3 s / n) (slice 0 is the
+    apex; in integers, so no rounding moves a slice; a single slice is the middle)."""
+    s, n = rows["slice"].to_numpy(np.int64), rows["n_slices"].to_numpy(np.int64)
+    third = np.where(n > 1, np.minimum(3 * s // np.maximum(n, 1), 2), 1)
+    return np.array(POSITION_THIRDS, dtype=object)[third]
 
 
 def dice_by_position(dices: dict[str, np.ndarray], rows: pd.DataFrame) -> dict[str, dict[str, float | int]]:
