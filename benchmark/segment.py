@@ -18,7 +18,8 @@ slice OAP / IN / OBS. Its own out-of-fold probabilities (fold k's stacks labelle
 folds' features) tune the decoding (decode.tune_decoding), so nothing on the test set chooses anything. The final
 segmenter, fitted on the whole pool, segments the test slices; the RangeModel fitted on all out-of-fold features
 labels them, and test_predictions.csv / test_metrics.json have the columns of every run (so every metric, baseline and
-report reads them), plus `segmentation`: cavity and myocardium Dice per position third.
+report reads them), plus `segmentation`: cavity and myocardium Dice per position third. The range model's
+out-of-fold probabilities are also the run's out-of-fold results over the training pool (protocol.out_of_fold).
 
 Each fit is a job folder (jobs/cv_lr<lr>_f<k>, jobs/final) with its history and a DONE marker, so an interrupted run
 resumes at the first fit not done; the run is one `segment` job in the job graph, written to OUT/<run>+seg/.
@@ -47,7 +48,7 @@ from .layout import (CV_HISTORY, DONE, HISTORY, JOB_JSON, MODEL_JSON, RESULTS_FO
 from .log import get as get_log
 from .models import SEG_PREFIX, build_segmenter, set_segment_depth
 from .preprocess import input_pixel_area, make_label_map
-from .protocol import select
+from .protocol import out_of_fold, select
 from .registry import SEG_CLASSES
 from .run_spec import RunSpec, check_run_dir, job_seed, prepare_run_dir
 from .seg_features import (CAVITY, MYOCARDIUM, STACK_FEATURES, channels_of, dice, dice_by_position, slice_features,
@@ -364,7 +365,7 @@ class SegmentRun:
             rest = np.concatenate([w for j, w in enumerate(where) if j != k])
             oof[idx] = RangeModel(n_c, self.seed("range", k)).fit(x[rest], y[rest]).predict_proba(x[idx])
         decoding, record = tune_decoding(oof, y, exp.ds.stacks(rows))
-        self.oof = (rows, oof)
+        out_of_fold(exp, [oof[idx] for idx in where], self.dir)
         return RangeModel(n_c, self.seed("range")).fit(x, y), decoding, record
 
     def _test(self, range_model: RangeModel, decoding: Decoding) -> dict[str, Any]:
