@@ -26,7 +26,8 @@ rescaled every image to 1.0 mm per pixel, so pixel_spacing_mm is 1.0.
 
 A folder without such files, an image without its overlay or an overlay without its image, an overlay of another
 size than its image, an unreadable PNG or a PNG whose name does not parse stops the import with an error naming
-the file; nothing is written.
+the file; nothing is written. So does a stack whose overlays are all empty: without a cavity slice, its empty
+slices are neither OAP nor OBS.
 """
 from __future__ import annotations
 
@@ -155,7 +156,8 @@ def scan(folder: Path) -> list[SliceFile]:
             raise DataPrepError(f"{f.name}: its overlay {f.overlay} is missing")
     orphans = sorted(overlays - {f.overlay for f in images.values()})
     if orphans:
-        raise DataPrepError(f"{orphans[0]}: an overlay without its image {orphans[0].replace('_o.png', '.png')}")
+        image = orphans[0].replace(OVERLAY_SUFFIX + ".png", ".png")
+        raise DataPrepError(f"{orphans[0]}: an overlay without its image {image}")
     return list(images.values())
 
 
@@ -224,11 +226,11 @@ def decide_patient(own: dict[str, dict[str, Any]], deciding: list[str]) -> tuple
 
 def close_locations(locations: list[int]) -> list[tuple[int, int]]:
     """Neighbouring location codes nearer than CLOSE_STEP of the median step between them."""
-    steps = np.diff(sorted(set(locations)))
+    ordered = sorted(set(locations))
+    steps = np.diff(ordered)
     if steps.size < 2:
         return []
     limit = CLOSE_STEP * float(np.median(steps))
-    ordered = sorted(set(locations))
     return [(ordered[i], ordered[i + 1]) for i, step in enumerate(steps) if step < limit]
 
 

@@ -268,6 +268,15 @@ def test_a_folder_without_slice_files_is_refused(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_stack_without_any_cavity_is_refused(tmp_path, capsys):
+    src = tmp_path / "src"
+    write_patient(src, "0001", apex_at_lowest=True)
+    write_slice(src, "0001", "29", LOCATIONS[0], 100, area=0, seed=5)
+    assert run_cli(src, "--out", tmp_path / "out") == 2
+    assert "patient 0001 frame 29: no slice contains LV cavity" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 # --- real data ------------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
