@@ -12,7 +12,8 @@ The layout is detected from SRC:
 
 Which end of each stack is the apex is decided from its mask (data_prep.orientation); slices are then
 labelled OAP / IN / OBS from LV-cavity (label 3) presence, and each slice's LV-cavity pixel count is kept
-as column lv_cavity_px. Images keep their native resolution and values. Stacks whose apex/base cues disagree
+as column lv_cavity_px. Images keep their native resolution and values; each slice's mask is kept beside it,
+in the same order and axes, with ACDC's codes unchanged (the dataset format's MASK_CODES are ACDC's). Stacks whose apex/base cues disagree
 or are weak are reported as warnings (stderr and dataset.json) but imported.
 
 A corrupt, truncated or incomplete input (unreadable file, missing mask, mask shaped unlike its image, gap in
@@ -35,12 +36,13 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import DataPrepError
-from .manifest import OVERWRITE_HELP, SLICE_LABELS, Stack, write_dataset
+from .manifest import MASK_CODES, OVERWRITE_HELP, SLICE_LABELS, Stack, write_dataset
 from .orientation import LV_CAVITY, apex_first
 from .stacks import label_from_cavity
 
 DATASET = "acdc"
-MASK_VALUES = (0, 1, 2, 3)  # background, RV cavity, LV myocardium, LV cavity
+MASK_VALUES = (0, *MASK_CODES.values())  # background, RV cavity, LV myocardium, LV cavity
+MASK_STRUCTURES = tuple(MASK_CODES)  # ACDC labels every structure of its own coding on every slice
 PATIENT_DIR = re.compile(r"patient\d{3}")
 H5_NAME = re.compile(r"(patient\d{3})_frame(\d{2})(?:_slice_(\d+))?\.h5")
 H5_FRAMES = {"01": "ED", "02": "ES"}
@@ -78,7 +80,8 @@ def run(args: argparse.Namespace) -> Path:
     for message in warnings:
         print(f"warning: {message}", file=sys.stderr)
     out = write_dataset(args.out, DATASET, stacks, source=str(root.resolve()), options={"layout": layout},
-                        warnings=warnings, overwrite=args.overwrite, inputs=[args.src])
+                        warnings=warnings, overwrite=args.overwrite, inputs=[args.src],
+                        mask_structures=MASK_STRUCTURES)
     labels = [lab for s in stacks for lab in s.labels]
     ambiguous = sum(bool(s.orientation["ambiguous"]) for s in stacks)
     print(f"acdc ({layout} layout): {len(stacks)} stacks, {len(labels)} slices: "
@@ -160,7 +163,8 @@ def orient_and_label(raw: RawStack) -> tuple[Stack, list[str]]:
                         f"apex taken at the {'first' if first else 'last'} slice of the file")
     stack = Stack(patient=raw.patient, frame=raw.frame, images=[raw.image[i] for i in order], labels=labels,
                   sources=[raw.sources[i] for i in order], pixel_spacing_mm=raw.pixel_spacing_mm,
-                  extra={"lv_cavity_px": cavity_px}, orientation={"file": raw.where, **evidence})
+                  extra={"lv_cavity_px": cavity_px}, orientation={"file": raw.where, **evidence},
+                  masks=[np.ascontiguousarray(raw.mask[i]) for i in order])
     return stack, raw.warnings + warnings
 
 

@@ -16,7 +16,7 @@ import label_volumes
 from data_prep import synthetic
 from data_prep.__main__ import main
 from data_prep.acdc import read_acdc
-from data_prep.manifest import load_image, read_dataset_json, read_manifest
+from data_prep.manifest import load_image, load_mask, mask_structures, read_dataset_json, read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,6 +95,18 @@ def stack_rows(df, patient, frame):
     return df[(df.patient == patient) & (df.frame == frame)].sort_values("slice")
 
 
+def assert_masks_are_the_source_labels(out, rows):
+    """Each written mask is the hand-built label slice of its image (apex -> base, whatever the file order): its
+    LV cavity, myocardium and RV pixel counts are AREAS_APEX_TO_BASE[k], laid out as mask_from_areas lays them."""
+    want = mask_from_areas(AREAS_APEX_TO_BASE)
+    assert rows["mask"].tolist() == [f"masks/{Path(name).stem}.png" for name in rows.image]
+    for k, name in enumerate(rows["mask"]):
+        mask = load_mask(out / name, (H, W))
+        np.testing.assert_array_equal(mask, want[k])
+        assert tuple(np.bincount(mask.ravel(), minlength=4)[[3, 2, 1]]) == AREAS_APEX_TO_BASE[k]
+        assert rows.lv_cavity_px.iat[k] == int((mask == 3).sum())
+
+
 # --- hand-built stacks ---------------------------------------------------------------------------------------
 
 def test_hdf5_layout_orders_labels_and_counts_cavity(tmp_path, capsys):
@@ -116,6 +128,7 @@ def test_hdf5_layout_orders_labels_and_counts_cavity(tmp_path, capsys):
         assert rows.n_slices.tolist() == [5] * 5
         for k, name in enumerate(rows.image):
             np.testing.assert_array_equal(load_image(tmp_path / "out" / name), image[k])
+        assert_masks_are_the_source_labels(tmp_path / "out", rows)
     assert set(df.dataset) == {"acdc"} and (df.pixel_spacing_mm.astype(str) == "").all()
     assert "split" not in df.columns
     meta = read_dataset_json(tmp_path / "out")
@@ -143,6 +156,8 @@ def test_nifti_layout_reads_frames_from_info_cfg(tmp_path):
         for k, name in enumerate(rows.image):
             assert name.endswith(".png")  # int16 >= 0 stays integer, losslessly
             np.testing.assert_array_equal(load_image(tmp_path / "out" / name), (image[k] * 100).astype(np.int16))
+        assert_masks_are_the_source_labels(tmp_path / "out", rows)
+    assert mask_structures(tmp_path / "out") == ("rv_cavity", "lv_myocardium", "lv_cavity")
 
 
 @pytest.mark.parametrize("where", ["patient", "training", "parent"])
@@ -177,6 +192,9 @@ def test_the_same_stack_in_every_layout_gives_the_same_slices(tmp_path):
         assert stack.labels == LABELS_APEX_TO_BASE
         assert stack.extra == {"lv_cavity_px": CAVITY_APEX_TO_BASE}
         for got, want in zip(stack.images, results[0].images):
+            np.testing.assert_array_equal(got, want)
+        for got, want in zip(stack.masks, mask_from_areas(AREAS_APEX_TO_BASE)):
+            assert got.dtype == np.uint8
             np.testing.assert_array_equal(got, want)
     assert results[2].pixel_spacing_mm == 1.5 and results[0].pixel_spacing_mm is None
 
@@ -447,3 +465,45 @@ def test_real_nifti_matches_the_hdf5_import(real_imports):
         h5 = np.stack([load_image(real_imports["hdf5_dir"] / p) for p in rows.image_h5])
         np.testing.assert_allclose((nii - nii.min()) / (nii.max() - nii.min()), h5, atol=1e-6,
                                    err_msg=f"{patient} {frame}")
+
+
+def _file_index(source):
+    """(file, index) of a manifest source: "f.h5[k]" / "p/f.nii.gz[k]" (index k), "f_slice_K.h5" (K counts from 1)."""
+    m = re.fullmatch(r"(.+)\[(\d+)\]", source)
+    if m:
+        return m.group(1), int(m.group(2))
+    return source, None
+
+
+@pytest.mark.realdata
+def test_real_masks_are_the_source_labels(shared_data, tmp_path):
+    """patient002 (whole-stack HDF5 files and its NIfTI folder) and patient003 (HDF5 slice files), read in place:
+    every written mask is the label array of its image's file and index, and the NIfTI import's masks are the
+    HDF5 import's, slice for slice."""
+    h5_dir, nifti = shared_data / "acdc" / "data", shared_data / "acdc_nifti" / "training" / "patient002"
+    if not h5_dir.is_dir() or not nifti.is_dir():
+        pytest.skip(f"real ACDC folders {h5_dir} and {nifti} not found")
+    few = tmp_path / "few" / "data"  # links to the real files, so that only two patients are read
+    few.mkdir(parents=True)
+    for path in [*h5_dir.glob("patient002_*.h5"), *h5_dir.glob("patient003_*.h5")]:
+        (few / path.name).symlink_to(path)
+    assert run_cli(few.parent, "--out", tmp_path / "h5") == 0
+    assert run_cli(nifti, "--out", tmp_path / "nii") == 0
+    h5, nii = read_manifest(tmp_path / "h5"), read_manifest(tmp_path / "nii")
+    assert h5.patient.unique().tolist() == ["patient002", "patient003"] and (h5["mask"] != "").all()
+    for row in h5.itertuples():
+        name, k = _file_index(row.source)
+        with h5py.File(h5_dir / name, "r") as fh:
+            label = fh["label"][()] if k is None else fh["label"][k]
+        mask = load_mask(tmp_path / "h5" / row.mask, load_image(tmp_path / "h5" / row.image).shape)
+        np.testing.assert_array_equal(mask, label, err_msg=row.source)
+        assert row.lv_cavity_px == int((label == 3).sum())
+    for row in nii.itertuples():
+        name, k = _file_index(row.source)
+        label = np.asanyarray(nib.load(str(nifti.parent / name.replace(".nii.gz", "_gt.nii.gz"))).dataobj)
+        np.testing.assert_array_equal(load_mask(tmp_path / "nii" / row.mask), label[:, :, k].T, err_msg=row.source)
+    both = nii.merge(h5, on=["patient", "frame", "slice"], suffixes=("_nii", "_h5"), validate="1:1")
+    assert len(both) == len(nii) > 0
+    for row in both.itertuples():
+        np.testing.assert_array_equal(load_mask(tmp_path / "nii" / row.mask_nii),
+                                      load_mask(tmp_path / "h5" / row.mask_h5), err_msg=row.source_nii)
