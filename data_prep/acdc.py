@@ -13,8 +13,8 @@ The layout is detected from SRC:
 Which end of each stack is the apex is decided from its mask (data_prep.orientation); slices are then
 labelled OAP / IN / OBS from LV-cavity (label 3) presence, and each slice's LV-cavity pixel count is kept
 as column lv_cavity_px. Images keep their native resolution and values; each slice's mask is kept beside it,
-in the same order and axes, with ACDC's codes unchanged (the dataset format's MASK_CODES are ACDC's). Stacks whose apex/base cues disagree
-or are weak are reported as warnings (stderr and dataset.json) but imported.
+in the same order and axes, with ACDC's codes unchanged (the dataset format's MASK_CODES are ACDC's). Stacks
+whose apex/base cues disagree or are weak are reported as warnings (stderr and dataset.json) but imported.
 
 A corrupt, truncated or incomplete input (unreadable file, missing mask, mask shaped unlike its image, gap in
 the slice files) stops the import with an error naming the file, and nothing is written: ACDC is a fixed,
