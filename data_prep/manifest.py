@@ -43,6 +43,8 @@ MASK_DIR = "masks"
 MASK_COLUMN = "mask"
 # ACDC's coding of its ground truth, kept for every source: 0 background and one code per structure
 MASK_CODES = {"rv_cavity": 1, "lv_myocardium": 2, "lv_cavity": 3}
+# how every figure outlines each structure (Okabe-Ito, none of them a label colour)
+MASK_COLOURS = {"lv_cavity": "#F0E442", "lv_myocardium": "#CC79A7", "rv_cavity": "#56B4E9"}
 OVERWRITE_HELP = ("replace --out when it holds a dataset made by data_prep (a folder of other files, the source or "
                   "the current directory is never replaced)")
 

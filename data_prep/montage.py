@@ -22,12 +22,10 @@ import numpy as np  # noqa: E402
 
 from .atomic import atomic_write
 from .errors import DataPrepError  # noqa: E402
-from .manifest import MASK_CODES, MASK_COLUMN, load_image, load_mask, read_manifest  # noqa: E402
+from .manifest import MASK_CODES, MASK_COLOURS, MASK_COLUMN, load_image, load_mask, read_manifest  # noqa: E402
 
 LABEL_COLOURS = {"OAP": "#0072B2", "IN": "#009E73", "OBS": "#D55E00"}
 UNLABELLED_COLOUR = "#999999"
-# outline colours of the mask structures, by MASK_CODES name; none of them is a label colour
-MASK_COLOURS = {"lv_cavity": "#F0E442", "lv_myocardium": "#CC79A7", "rv_cavity": "#56B4E9"}
 TILE_PX = 96      # every slice is letterboxed into a square tile of this size
 BORDER_PX = 4     # the label colour around the tile
 GAP_PX = 2        # dark space between tiles
