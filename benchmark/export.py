@@ -53,13 +53,14 @@ def export(run: Path, fmt: str, out: Path | None = None) -> Path:
     import keras
 
     from .errors import BenchmarkInputError
-    from .predict.load import model_directory, read_model_json
+    from .predict.load import load_keras, model_directory, read_model_json
     directory = model_directory(run)
-    meta, prep = read_model_json(directory)
+    meta, prep = read_model_json(directory, needs="export takes a run directory of `python -m benchmark` that holds "
+                                                  "its trained model (results copied without weights hold none)")
     out = out or directory.parent / f"export_{fmt}"
     if out.exists():
         raise BenchmarkInputError(f"--out {out} exists; remove it or give another --out")
-    model = keras.saving.load_model(directory / MODEL_FILE, compile=False)
+    model = load_keras(directory / MODEL_FILE)
     target = out / "model.onnx" if fmt == "onnx" else out / "savedmodel"
     out.mkdir(parents=True)
     try:

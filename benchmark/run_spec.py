@@ -15,7 +15,9 @@ from data_prep.provenance import code_version, package_versions
 from .cache import weights_fingerprint
 from .errors import BenchmarkInputError
 from .infer import FeaturePass, feature_pass
-from .layout import CONFIG, DONE, ERROR, RESULTS_FORMAT, check_format, job_dir, run_name
+from .layout import (CONFIG, DONE, ERROR, JOBS, MODEL_DIR, RESULTS_FORMAT, SELECTION, check_format, job_dir,
+                     job_dir_name, run_name)
+from .log import get as get_log
 from .preprocess import Preprocessing
 from .profiles import Profile
 from .registry import BackboneSpec, choose_weights
@@ -132,6 +134,10 @@ def check_run_dir(directory: Path, config: dict[str, Any], force: bool) -> bool:
     if force and directory.exists():
         shutil.rmtree(directory)
     if cfg_path.is_file():
+        why = atomic.damage(cfg_path)
+        if why:
+            raise BenchmarkInputError(f"{cfg_path} is damaged ({why}), so the run's settings cannot be checked; "
+                                      f"use another --out, or --force to redo it")
         old = atomic.read_json(cfg_path)
         check_format(cfg_path, old, fix="use another --out, or --force to redo it")
         mine, theirs = _identity(config), _identity(old)
@@ -142,9 +148,34 @@ def check_run_dir(directory: Path, config: dict[str, Any], force: bool) -> bool:
     return (directory / DONE).is_file()
 
 
+def _redo_damaged(directory: Path) -> None:
+    """A file of the run that does not read back whole (atomic.damage: a crash or a full disk cut it) is never used:
+    the marker of the job that wrote it goes, and with it the run's DONE, so that job and the test after it are
+    redone. A damaged file stays until that job rewrites it (a damaged selection.json, the selection job's own
+    marker, goes)."""
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        why = atomic.damage(path)
+        if why is None:
+            continue
+        part = path.relative_to(directory).parts
+        stale = [directory / DONE]
+        if part[0] == JOBS and len(part) > 2:
+            stale.append(directory / JOBS / part[1] / DONE)
+        elif part[0] == MODEL_DIR:  # the final fit exports the model
+            stale.append(job_dir(directory, job_dir_name("final")) / DONE)
+        elif part == (SELECTION,):  # the selection job's marker is its output
+            stale.append(path)
+        for marker in stale:
+            marker.unlink(missing_ok=True)
+        get_log("run_spec").warning(f"{path} is damaged ({why}): redoing the job that wrote it")
+
+
 def prepare_run_dir(directory: Path, config: dict[str, Any], exp: Experiment, force: bool) -> bool:
     """True if the run in `directory` is complete (check_run_dir); else it is started: config.json, folds.csv."""
-    if check_run_dir(directory, config, force):
+    check_run_dir(directory, config, force)
+    if directory.is_dir():
+        _redo_damaged(directory)
+    if (directory / DONE).is_file():
         return True
     directory.mkdir(parents=True, exist_ok=True)
     atomic.write_json(directory / CONFIG, config)

@@ -8,9 +8,11 @@ import secrets
 import shutil
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import pandas as pd
 
 _UMASK = os.umask(0)
@@ -91,6 +93,26 @@ def write_csv(path, df: pd.DataFrame) -> Path:
 
 def read_json(path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def damage(path: str | os.PathLike) -> str | None:
+    """Why a file of a kind these helpers write does not read back whole, or None: a JSON file that does not parse,
+    a zip archive (.keras, .npz) without its central directory, a .npy shorter than its header says. A file is
+    renamed into place complete, but a crash before the data reached the disk, a full disk under a copy, or a cut
+    copy can still leave it short. Other kinds are not checked."""
+    path = Path(path)
+    try:
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix in (".keras", ".npz"):
+            with zipfile.ZipFile(path):
+                pass
+        elif path.suffix == ".npy":
+            np.load(path, mmap_mode="r")
+    except (ValueError, zipfile.BadZipFile, EOFError) as exc:  # JSONDecodeError and UnicodeDecodeError included
+        kind = {".json": "not valid JSON", ".npy": "not a whole .npy array"}.get(path.suffix, "not a whole zip archive")
+        return f"{kind}: {exc}"
+    return None
 
 
 def _jsonable(obj: Any) -> Any:

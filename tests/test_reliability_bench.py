@@ -156,3 +156,53 @@ def test_regression_cbr_learning_rates_do_not_diverge_by_default(tiny_synthetic,
         cv = {j.lr for j in jobs.build_graph(exp, [("cbr_tiny", 0)]) if j.step == "cv"}
         assert cv == set(lrs), task
         assert RunSpec.of(exp, get_spec("mobilenet"), 0).lrs == (1e-2, 1e-3)  # pretrained grids are task-blind
+
+
+def _cut(path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+
+
+@pytest.mark.slow
+def test_files_cut_by_a_crash_are_redone_or_refused_by_name(tiny_synthetic, tmp_path, capsys):
+    """A finished run whose test_metrics.json, model.keras, a CV job.json and cached features were cut short: the
+    resume names each file and redoes the jobs that wrote them, to the same results; a cut config.json is refused by name; export of a
+    cut model names the file instead of Keras's "File not found"."""
+    from benchmark.export import main as export_main
+    args = ["--backbone", "cbr_tiny", *QUICK, "--test-fraction", "0.25", "--data", str(tiny_synthetic),
+            "--out", str(tmp_path / "out")]
+    assert benchmark_main(args) == 0
+    run = tmp_path / "out" / "cbr_tiny"
+    metrics = (run / "test_metrics.json").read_bytes()
+    cut = [run / "test_metrics.json", run / "model" / "model.keras", run / "jobs" / "cv_lr0.01_f1" / "job.json"]
+    for path in cut:
+        _cut(path)
+    features = next((tmp_path / "out" / "cache").glob("*/out0.npy"))
+    _cut(features)
+    capsys.readouterr()
+    assert benchmark_main(args) == 0
+    out = capsys.readouterr()
+    for path in cut:
+        assert f"{path} is damaged (" in out.err
+    assert f"cache {features.parent} is incomplete or corrupt: rebuilding" in out.err  # checked by sha256
+    assert "cbr_tiny cv lr 0.01 fold 1" in out.out and "cbr_tiny final" in out.out and "cbr_tiny test" in out.out
+    assert (run / "test_metrics.json").read_bytes() == metrics
+    assert all(atomic.damage(path) is None for path in cut)
+
+    _cut(run / "model" / "model.keras")
+    assert export_main([str(run)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"benchmark export: error: {run / 'model' / 'model.keras'} is damaged (not a whole zip archive: File is not "
+        f"a zip file); a run's model is rebuilt by running `python -m benchmark` again with the --out that made it")
+    _cut(run / "config.json")
+    assert benchmark_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"benchmark: error: {run / 'config.json'} is damaged (not valid JSON")
+
+
+def test_export_of_a_run_without_a_model_says_what_export_needs(results_small, capsys):
+    from benchmark.export import main as export_main
+    run = next(p for p in sorted(results_small.iterdir()) if (p / "config.json").is_file())
+    assert export_main([str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "export takes a run directory" in err and "--model" not in err and "reference" not in err, err

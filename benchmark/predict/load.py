@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from data_prep import atomic
 from data_prep.manifest import file_sha256
 
 from ..decode import Decoding
@@ -88,15 +89,18 @@ def import_tensorflow() -> float:
     return time.perf_counter() - t0
 
 
-def read_model_json(directory: Path) -> tuple[dict[str, Any], Preprocessing]:
-    """model.json checked against this code: results format, a backbone it knows, OAP/IN/OBS, the preprocessing."""
+PREDICT_NEEDS = (f"--model takes a run directory written by `python -m benchmark` (RUN_DIR/{MODEL_DIR}/{MODEL_FILE} "
+                 f"and {MODEL_JSON}; results copied without weights hold none); without --model, predict uses the "
+                 f"released reference model")
+
+
+def read_model_json(directory: Path, needs: str = PREDICT_NEEDS) -> tuple[dict[str, Any], Preprocessing]:
+    """model.json checked against this code: results format, a backbone it knows, OAP/IN/OBS, the preprocessing.
+    `needs`: what the command takes, said when the model's files are missing."""
     from ..registry import get_spec
     for name in (MODEL_FILE, MODEL_JSON):
         if not (directory / name).is_file():
-            raise BenchmarkInputError(f"{directory / name} not found: --model takes a run directory written by "
-                                      f"`python -m benchmark` (RUN_DIR/{MODEL_DIR}/{MODEL_FILE} and {MODEL_JSON}; "
-                                      f"results copied without weights hold none); without --model, predict uses "
-                                      f"the released reference model")
+            raise BenchmarkInputError(f"{directory / name} not found: {needs}")
     path = directory / MODEL_JSON
     try:
         meta = json.loads(path.read_text())
@@ -129,6 +133,10 @@ def read_model_json(directory: Path) -> tuple[dict[str, Any], Preprocessing]:
 
 def load_keras(file: Path):
     import keras
+    why = atomic.damage(file)
+    if why:  # Keras reads a cut archive as "File not found"
+        raise BenchmarkInputError(f"{file} is damaged ({why}); a run's model is rebuilt by running "
+                                  f"`python -m benchmark` again with the --out that made it")
     try:
         return keras.saving.load_model(file, compile=False)
     except Exception as exc:  # zip, HDF5 and deserialisation failures come as many exception types
