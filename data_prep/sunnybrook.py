@@ -13,6 +13,12 @@ papillary muscles) are ignored.
 - Labels: `label_from_cavity` with IN = the slice has an i-contour. `lv_cavity_px` counts the pixels of the
   i-contour filled with cv2.fillPoly (1/8-pixel vertices; pixels the outline touches count, so it runs about half
   a perimeter above the geometric area), 0 without one.
+- Masks (MASK_CODES), rasterised as lv_cavity_px is: LV cavity inside the i-contour, LV myocardium inside the
+  o-contour and outside the i-contour; mask_structures lv_myocardium and lv_cavity (lv_cavity alone for a study
+  without o-contours). A contoured phase marks its uncontoured slices as holding neither structure (their mask is
+  all zero, as their label says no cavity), but Sunnybrook traces the epicardium at ED only: a phase without any
+  o-contour gets no masks (its myocardium is unknown; lv_cavity_px still holds its cavity), and a slice with an
+  i-contour but no o-contour in a phase that has them gets none either (a warning).
 
 The labels trust the expert's choice of slices. In the Sunnybrook protocol the endocardium is traced on every
 slice where the LV cavity is surrounded by myocardium; the basal slices past the last contour show the LV outflow
@@ -38,12 +44,14 @@ import numpy as np
 from . import dicom_io
 from .atomic import atomic_write
 from .errors import DataPrepError
-from .manifest import OVERWRITE_HELP, Stack, write_dataset
+from .manifest import MASK_CODES, OVERWRITE_HELP, Stack, write_dataset
 from .stacks import label_from_cavity
 
 DATASET = "sunnybrook"
 CONTOUR_RE = re.compile(r"^IM-\d+-(\d+)-([io])contour-manual\.txt$", re.IGNORECASE)
 FILL_SHIFT = 3  # fillPoly's fixed-point bits: contour points are given to 0.5 px
+WITH_MYOCARDIUM = ("lv_myocardium", "lv_cavity")  # mask_structures of a study with o-contours
+CAVITY_ONLY = ("lv_cavity",)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -71,11 +79,40 @@ def read_contour(path: Path) -> np.ndarray:
     return pts
 
 
+def fill_contour(mask: np.ndarray, points: np.ndarray, value: int) -> None:
+    """Set the pixels of `mask` inside the polygon (x = column, y = row; pixels the outline touches included)."""
+    cv2.fillPoly(mask, [np.round(points * (1 << FILL_SHIFT)).astype(np.int32)], value, shift=FILL_SHIFT)
+
+
 def contour_area_px(points: np.ndarray, shape: tuple[int, int]) -> int:
-    """Pixels of an image of this shape inside the polygon (x = column, y = row)."""
+    """Pixels of an image of this shape inside the polygon: the cavity of `contour_mask` for an i-contour."""
     mask = np.zeros(shape, dtype=np.uint8)
-    cv2.fillPoly(mask, [np.round(points * (1 << FILL_SHIFT)).astype(np.int32)], 1, shift=FILL_SHIFT)
+    fill_contour(mask, points, 1)
     return int(mask.sum())
+
+
+def contour_mask(contours: dict[str, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """One slice's mask from its contours (kind -> points): myocardium inside the o-contour, then the cavity inside
+    the i-contour over it, so the cavity has exactly `contour_area_px` pixels."""
+    mask = np.zeros(shape, dtype=np.uint8)
+    for kind, structure in (("o", "lv_myocardium"), ("i", "lv_cavity")):
+        if kind in contours:
+            fill_contour(mask, contours[kind], MASK_CODES[structure])
+    return mask
+
+
+def stack_masks(contours: list[dict[str, np.ndarray]], shapes: list[tuple[int, int]], structures: tuple[str, ...],
+                where: str) -> tuple[list[np.ndarray | None] | None, list[str]]:
+    """(masks, warnings) of one contoured phase's slices; see the module docstring for which slices get none."""
+    if structures == CAVITY_ONLY:
+        return [contour_mask(c, shape) for c, shape in zip(contours, shapes)], []
+    if not any("o" in c for c in contours):
+        return None, []
+    untraced = [k for k, c in enumerate(contours) if "i" in c and "o" not in c]
+    masks = [None if k in untraced else contour_mask(c, shape) for k, (c, shape) in enumerate(zip(contours, shapes))]
+    notes = [f"{where}: slices {untraced} have an i-contour but no o-contour; no mask (myocardium unknown)"
+             ] if untraced else []
+    return masks, notes
 
 
 def find_contours(folder: Path) -> dict[int, dict[str, tuple[Path, np.ndarray]]]:
@@ -102,6 +139,7 @@ class SunnybrookStudy:
     stacks: list[Stack]                              # ED, ES
     contours: list[list[dict[str, np.ndarray]]]      # per stack, per slice: kind -> points
     warnings: list[str]
+    mask_structures: tuple[str, ...]
     evidence: dict[str, Any] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
 
@@ -170,6 +208,7 @@ def build_study(src: str | Path, contours_dir: str | Path | None = None, patient
                      f"(slope {slope:.1f} px/slice); check the montage, or pass --apex-first/--base-first")
 
     contour_at = {id(images[i]): {k: pts for k, (_, pts) in kinds.items()} for i, kinds in contours.items()}
+    structures = WITH_MYOCARDIUM if any("o" in kinds for kinds in contours.values()) else CAVITY_ONLY
     stacks, stack_contours = [], []
     for frame, phase in (("ED", ed), ("ES", es)):
         positions = study.stack_positions(phase)
@@ -180,6 +219,9 @@ def build_study(src: str | Path, contours_dir: str | Path | None = None, patient
         spacing, spacing_notes = dicom_io.stack_pixel_spacing(frames, where)
         notes.extend(label_notes + spacing_notes)
         cavity_px = [area.get((k, phase), 0) for k, p in enumerate(study.positions) if phase in p.frames]
+        slice_contours = [contour_at.get(id(im), {}) for im in frames]
+        masks, mask_notes = stack_masks(slice_contours, [im.pixels.shape for im in frames], structures, where)
+        notes.extend(mask_notes)
         stacks.append(Stack(
             patient=patient, frame=frame, images=[im.pixels for im in frames], labels=labels,
             sources=[im.name for im in frames], pixel_spacing_mm=spacing,
@@ -187,9 +229,10 @@ def build_study(src: str | Path, contours_dir: str | Path | None = None, patient
                    "position_mm": [round(p.s_mm, 2) for p in positions]},
             orientation={**study.orientation, "positions_mm": [round(p.s_mm, 2) for p in positions],
                          **evidence},
+            masks=masks,
         ))
-        stack_contours.append([contour_at.get(id(im), {}) for im in frames])
-    return SunnybrookStudy(stacks, stack_contours, notes, evidence, scan.skipped)
+        stack_contours.append(slice_contours)
+    return SunnybrookStudy(stacks, stack_contours, notes, structures, evidence, scan.skipped)
 
 
 def render_contour_montage(src: str | Path, out_png: str | os.PathLike, contours_dir: str | Path | None = None,
@@ -239,13 +282,17 @@ def run(args: argparse.Namespace) -> Path:
     ed, es = study.stacks
     print(f"ED = phase {study.evidence['ed_phase']}, ES = phase {study.evidence['es_phase']}; "
           f"{len(ed.images)} + {len(es.images)} slices; labels ED {' '.join(ed.labels)}; ES {' '.join(es.labels)}")
+    print(f"masks ({', '.join(study.mask_structures)}): "
+          + "; ".join(f"{s.frame} {sum(m is not None for m in s.masks or [])} of {len(s.images)}"
+                      for s in study.stacks))
     dicom_io.print_warnings(DATASET, study.warnings)
     options = {"apex": args.apex or "geometry", "allow_gaps": bool(args.allow_gaps),
                "contours": str(args.contours or Path(args.src) / "contours"),
                "study": {"skipped_files": study.skipped, **study.evidence}}
     out = write_dataset(args.out, DATASET, study.stacks, source=str(args.src), options=options,
                         warnings=study.warnings, overwrite=args.overwrite,
-                        inputs=[p for p in (args.src, args.contours) if p is not None])
+                        inputs=[p for p in (args.src, args.contours) if p is not None],
+                        mask_structures=study.mask_structures)
     if args.montage:
         print(f"montage: {render_contour_montage(args.src, args.montage, study=study)}")
     return out

@@ -17,7 +17,7 @@ from dicom_factory import orientation_for, write_dicom
 from data_prep import cap, dicom, dicom_io, sunnybrook
 from data_prep.__main__ import main
 from data_prep.errors import DataPrepError
-from data_prep.manifest import load_image, read_dataset_json, read_manifest
+from data_prep.manifest import load_image, load_mask, mask_structures, read_dataset_json, read_manifest
 
 APEX = np.array([1.0, -1.0, -1.0]) / np.sqrt(3.0)
 NAME, PID = "Doe^Jane", "MRN-778899"  # identifying values that must never reach an output
@@ -333,9 +333,86 @@ def write_contour(folder: Path, instance: int, kind: str, centre=(8.0, 8.0), r: 
     return path
 
 
+def write_points(folder: Path, instance: int, kind: str, points) -> Path:
+    path = folder / f"IM-0001-{instance:04d}-{kind}contour-manual.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savetxt(path, np.asarray(points, dtype=float), fmt="%.2f")
+    return path
+
+
+def rectangle(x0, y0, x1, y1):
+    """A contour around columns x0..x1 and rows y0..y1 (outline included: (x1-x0+1) * (y1-y0+1) pixels)."""
+    return [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
+
+
+# not square, so that swapping x (column) and y (row) shows: cavity columns 2..5, rows 3..9 (4 x 7 = 28 pixels),
+# epicardium columns 1..7, rows 2..11 (7 x 10 = 70), myocardium the 70 - 28 = 42 between them
+I_RECT, O_RECT = rectangle(2, 3, 5, 9), rectangle(1, 2, 7, 11)
+
+
+def rect_mask(shape=(16, 16), cavity=True):
+    """I_RECT and O_RECT as a mask, by hand: 2 in rows 2..11 x columns 1..7, 3 in rows 3..9 x columns 2..5."""
+    want = np.zeros(shape, np.uint8)
+    want[2:12, 1:8] = 2
+    if cavity:
+        want[3:10, 2:6] = 3
+    return want
+
+
 def test_contour_area_hand_computed():
     square = np.array([[2, 2], [5, 2], [5, 5], [2, 5]], dtype=float)
     assert sunnybrook.contour_area_px(square, (10, 10)) == 16  # columns and rows 2..5, outline included
+
+
+def test_contour_mask_hand_computed():
+    i, o = np.array(I_RECT, float), np.array(O_RECT, float)
+    mask = sunnybrook.contour_mask({"i": i, "o": o}, (16, 16))
+    np.testing.assert_array_equal(mask, rect_mask())
+    assert (mask == 3).sum() == 28 == sunnybrook.contour_area_px(i, (16, 16)) and (mask == 2).sum() == 42
+    np.testing.assert_array_equal(sunnybrook.contour_mask({"o": o}, (16, 16)), rect_mask(cavity=False))
+    np.testing.assert_array_equal(sunnybrook.contour_mask({}, (16, 16)), np.zeros((16, 16), np.uint8))
+
+
+def contoured_study(src: Path, epicardium: bool) -> Path:
+    """5 positions x 2 phases, apex at position 0; i-contours (the rectangle, and a smaller one at phase 0, so
+    that phase 1 is ED) on positions 1..3, o-contours at ED on the same positions when `epicardium`."""
+    write_cine(src / "dicom", n_pos=5, n_phases=2, normal=-APEX)
+    for k in (1, 2, 3):
+        write_points(src / "contours", k * 2 + 1 + 1, "i", I_RECT)
+        write_points(src / "contours", k * 2 + 0 + 1, "i", rectangle(3, 4, 5, 8))  # 3 x 5 = 15 pixels
+        if epicardium:
+            write_points(src / "contours", k * 2 + 1 + 1, "o", O_RECT)
+    return src
+
+
+def test_sunnybrook_masks_from_the_contours(tmp_path, capsys):
+    src = contoured_study(tmp_path / "SCD0000998", epicardium=True)
+    assert run_cli("sunnybrook", src, "--out", tmp_path / "out") == 0
+    assert "masks (lv_myocardium, lv_cavity): ED 5 of 5; ES 0 of 5" in capsys.readouterr().out
+    df = read_manifest(tmp_path / "out")
+    assert mask_structures(tmp_path / "out") == ("lv_myocardium", "lv_cavity")
+    ed, es = (df[df["frame"] == f].sort_values("slice") for f in ("ED", "ES"))
+    assert list(ed["label"]) == ["OAP", "IN", "IN", "IN", "OBS"] and set(ed["phase"]) == {1}
+    # the contoured phase says the slices it left out hold neither structure; ES has no o-contour at all, so
+    # its myocardium is unknown and it gets no masks
+    for k, name in enumerate(ed["mask"]):
+        mask = load_mask(tmp_path / "out" / name, (16, 16))
+        np.testing.assert_array_equal(mask, rect_mask() if k in (1, 2, 3) else np.zeros((16, 16), np.uint8))
+    assert list(ed["lv_cavity_px"]) == [0, 28, 28, 28, 0] and list(es["lv_cavity_px"]) == [0, 15, 15, 15, 0]
+    assert list(es["mask"]) == [""] * 5 and not any(p.name.startswith("SCD0000998_ES") for p in
+                                                     (tmp_path / "out" / "masks").iterdir())
+
+
+def test_sunnybrook_without_o_contours_masks_the_cavity_alone(tmp_path):
+    study = sunnybrook.build_study(contoured_study(tmp_path / "s", epicardium=False))
+    assert study.mask_structures == ("lv_cavity",)
+    ed_cavity, es_cavity = np.zeros((16, 16), np.uint8), np.zeros((16, 16), np.uint8)
+    ed_cavity[3:10, 2:6] = 3  # I_RECT: 28 pixels
+    es_cavity[4:9, 3:6] = 3   # rectangle(3, 4, 5, 8): 15 pixels
+    for stack, cavity, px in zip(study.stacks, (ed_cavity, es_cavity), (28, 15)):
+        assert stack.extra["lv_cavity_px"] == [0, px, px, px, 0]
+        for k, mask in enumerate(stack.masks):
+            np.testing.assert_array_equal(mask, cavity if k in (1, 2, 3) else np.zeros_like(cavity))
 
 
 def test_sunnybrook_synthetic_ed_es_and_labels(tmp_path):
@@ -354,6 +431,10 @@ def test_sunnybrook_synthetic_ed_es_and_labels(tmp_path):
     assert set(ed["phase"]) == {3} and set(es["phase"]) == {1}
     assert list(ed["lv_cavity_px"] > 0) == [False, True, True, True, False]
     assert stack_values(tmp_path / "out", "ED") == [3, 103, 203, 303, 403]
+    # the epicardium is traced at ED position 2 only: the other cavity slices' myocardium is unknown
+    assert [bool(m) for m in ed["mask"]] == [True, False, True, False, True] and set(es["mask"]) == {""}
+    assert ("SCD0000999/ED: slices [1, 3] have an i-contour but no o-contour; no mask (myocardium unknown)"
+            in read_dataset_json(tmp_path / "out")["warnings"])
     ev = read_dataset_json(tmp_path / "out")["options"]["study"]
     assert ev["ed_phase"] == 3 and ev["contour_check"]["agrees_with_order"]
     assert (tmp_path / "m.png").stat().st_size > 1000
@@ -583,6 +664,41 @@ def test_real_sunnybrook(sunnybrook_src, tmp_path):
     assert ed["lv_cavity_px"].iloc[1] < ed["lv_cavity_px"].iloc[5]  # the cavity widens away from the apex
     assert meta["orientation"][0]["cos_normal_apex"] < -0.9
     assert (tmp_path / "m.png").stat().st_size > 10000
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("study", ["SCD0000101", "SCD0000301", "SCD0000401"])
+def test_real_sunnybrook_masks_are_the_contours(shared_data, tmp_path, study):
+    """ED (the phase with o-contours) has a mask on every slice whose cavity is lv_cavity_px exactly and whose
+    myocardium is the o-contour's fill outside the i-contour's; ES (no o-contours) has none."""
+    src = shared_data / "sunnybrook" / study
+    if not src.is_dir():
+        pytest.skip(f"{src} not found")
+    out = tmp_path / "sb"
+    assert run_cli("sunnybrook", src, "--out", out) == 0
+    df = read_manifest(out)
+    assert mask_structures(out) == ("lv_myocardium", "lv_cavity")
+    assert set(df[df["frame"] == "ES"]["mask"]) == {""}
+    contours = src / "contours"
+    for row in df[df["frame"] == "ED"].itertuples():
+        mask = load_mask(out / row.mask, (256, 256))
+        instance = int(Path(row.source).stem)
+        inner = contours / "i-contours" / f"IM-0001-{instance:04d}-icontour-manual.txt"
+        assert (mask == 3).sum() == row.lv_cavity_px == (
+            sunnybrook.contour_area_px(np.loadtxt(inner), (256, 256)) if inner.exists() else 0)
+        outer = contours / "o-contours" / f"IM-0001-{instance:04d}-ocontour-manual.txt"
+        assert outer.exists() == inner.exists() == (row.label == "IN")
+        if outer.exists():
+            fills = []
+            for path in (inner, outer):
+                fill = np.zeros((256, 256), np.uint8)
+                sunnybrook.fill_contour(fill, np.loadtxt(path), 1)
+                fills.append(fill.astype(bool))
+            # the expert's i-contour may cross the o-contour by a pixel: the cavity wins there
+            np.testing.assert_array_equal(mask == 2, fills[1] & ~fills[0])
+            assert (mask == 2).sum() > 0.2 * (mask == 3).sum()
+        else:
+            assert not mask.any()
 
 
 @pytest.mark.realdata
