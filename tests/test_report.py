@@ -15,7 +15,7 @@ from conftest import REPO
 from benchmark import report
 from benchmark.layout import TIMED_PHASES
 from benchmark.metrics import range_metrics
-from benchmark.report.table2 import _nanmean
+from benchmark.metrics import nan_mean
 
 ORDER = ["mobilenet_d0", "mobilenet_d1", "mobilenetv2_d0", "mobilenetv2_d1", "cbr_tiny"]
 N_BOOT = 200
@@ -104,7 +104,7 @@ def test_per_stack_range_averages_to_range_metrics():
     assert len(per) == 3
     full = range_metrics(y, pred, stacks)
     for key in ("range_exact", "range_within1", "boundary_mae"):
-        assert _nanmean(per[key].to_numpy(float)) == pytest.approx(full[key])
+        assert nan_mean(per[key].to_numpy(float)) == pytest.approx(full[key])
     # by hand: stack a/ED predicts IN at slice 2 only (apical error 1, basal 0); a/ES predicts no IN
     assert per["range_within1"].tolist()[:2] == [1.0, 0.0]
     assert per["boundary_mae"].iloc[0] == 0.5 and math.isnan(per["boundary_mae"].iloc[1])
@@ -250,3 +250,88 @@ def test_table1_shows_wall_time_beside_machine_time():
     assert "| A | 0 | 64 | 60.0 | 900.0 | 0.0 | 0.0 | 0.0 | 16.00 | 10.00 |" in md
     assert "| C | 0 | 64 | 1.0 | 1.0 | 0.0 | 0.0 | 0.0 | 0.03 | — |" in md
     assert "Total = 22.0 min over 3 runs" in md and "Wall time of the 2 runs" in md and ": 14.0 min." in md
+
+
+# ---- the paired comparison with every slice IN ------------------------------------------------------------------
+def paired_block(difference: float, lo: float, hi: float, n_stacks: int = 4, outer: int = 3) -> dict:
+    """A vs_constant entry as metrics.paired_range_difference writes it, the same figures for every metric."""
+    return {**{k: {"difference": difference, "lo": lo, "hi": hi} for k in ("range_exact", "range_within1",
+                                                                          "boundary_mae")},
+            "n_stacks": n_stacks, "n_stacks_outer": outer, "n_patients": 2, "n_boot": 1000, "seed": 0, "alpha": 0.05}
+
+
+@pytest.fixture(scope="module")
+def paired_results(results_small, tmp_path_factory):
+    """results_small with slice-range results added by hand to the two MobileNet runs: the test's decoded ranges
+    and every slice IN's (0.75 against 0.5 exact), and out-of-fold figures, 0.6 against 0.5 exact, whose paired
+    interval lies above 0 for depth 0 and not for depth 1. The MobileNetV2 runs and CBR-Tiny keep the files of an
+    older version (no decoded ranges, no out-of-fold results)."""
+    out = tmp_path_factory.mktemp("paired") / "results"
+    shutil.copytree(results_small, out)
+    constant = {"macro_f1": 0.3, "accuracy": 0.9, "range_exact": 0.5, "range_within1": 0.75, "boundary_mae": 0.5,
+                "n_stacks": 4, "decoding": {"kind": "constant"}}
+    for run, lo in (("mobilenet_d0", 0.05), ("mobilenet_d1", -0.05)):
+        m = read(out / run / "test_metrics.json")
+        m.update(decoded={"macro_f1": m["macro_f1"], "range_exact": 0.75, "range_within1": 1.0, "boundary_mae": 0.125,
+                          "n_stacks": 4},
+                 baselines={"every_in": constant}, vs_constant=paired_block(0.25, 0.0, 0.5))
+        (out / run / "test_metrics.json").write_text(json.dumps(m))
+        oof = {"decoded": {"range_exact": 0.6, "range_within1": 0.9, "boundary_mae": 0.25, "n_stacks": 10},
+               "baselines": {"every_in": {**constant, "range_within1": 0.8, "n_stacks": 10}},
+               "vs_constant": paired_block(0.1, lo, 0.2, 10, 6)}
+        (out / run / "oof_metrics.json").write_text(json.dumps(oof))
+    return out
+
+
+def test_summary_shows_the_out_of_fold_figures_and_beats_constant_by_the_paired_interval(paired_results):
+    from benchmark.summary import write_summary
+    df = write_summary(paired_results).set_index("run")
+    assert df.loc["mobilenet_d0", "beats_constant"] is True
+    assert df.loc["mobilenet_d1", "beats_constant"] is False  # 0.75 against 0.5 on the test is no longer enough
+    assert pd.isna(df.loc["mobilenetv2_d0", "beats_constant"]) and pd.isna(df.loc["cbr_tiny", "oof_range_exact"])
+    d0 = df.loc["mobilenet_d0"]
+    assert (d0.oof_range_exact, d0.oof_constant_range_exact, d0.oof_vs_constant_range_exact,
+            d0.oof_vs_constant_range_exact_lo, d0.oof_n_stacks, d0.oof_n_stacks_outer) == (0.6, 0.5, 0.1, 0.05, 10, 6)
+    assert (d0.vs_constant_range_exact, d0.n_stacks_outer) == (0.25, 3)
+    assert df.loc["baseline_every_in", "oof_range_exact"] == 0.5  # the constant's own row, out of fold too
+    lines = (paired_results / "summary.md").read_text().splitlines()
+    head = [c.strip() for c in lines[0].split("|")]
+    row = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")] for r in lines[2:]}
+    assert row["mobilenet_d0"][head.index("oof_vs_constant_range_exact")] == "0.100 [0.050, 0.200]"
+    assert row["mobilenet_d1"][head.index("oof_vs_constant_range_exact")] == "0.100 [-0.050, 0.200]"
+    assert row["mobilenet_d0"][head.index("oof_n_stacks_outer")] == "6"
+    assert row["mobilenetv2_d0"][head.index("oof_vs_constant_range_exact")] == ""  # older files: empty cells
+    # every column of before is kept, with its values where the files did not change
+    before = pd.read_csv(REPO / "tests/fixtures/results_small/summary.csv").set_index("run")
+    now = pd.read_csv(paired_results / "summary.csv").set_index("run")
+    assert set(before.columns) <= set(now.columns)
+    unchanged = ["mobilenetv2_d0", "mobilenetv2_d1", "cbr_tiny"]
+    kept = [c for c in before.columns if not c.endswith("_seconds")]  # the fixture's timing.json was re-recorded
+    pd.testing.assert_frame_equal(now.loc[unchanged, kept], before.loc[unchanged, kept], check_dtype=False)
+
+
+def test_table2_puts_the_out_of_fold_figures_beside_the_constant(paired_results):
+    t2 = report.table2_test(report.load_results(paired_results), n_boot=0, progress=False).set_index("run")
+    assert t2.loc["mobilenet_d0", "beats_constant"] is True and t2.loc["mobilenet_d1", "beats_constant"] is False
+    assert pd.isna(t2.loc["mobilenetv2_d0", "beats_constant"])
+    assert t2.loc["baseline_every_in", "oof_range_exact"] == 0.5
+    md = report.table2_markdown(t2.reset_index())
+    oof = md.split("### Out of fold")[1].split("###")[0].splitlines()
+    head = [c.strip() for c in oof[2].split("|")]
+    cells = {line.split("|")[1].strip() + " " + line.split("|")[2].strip(): [c.strip() for c in line.split("|")]
+             for line in oof[4:] if line.startswith("|")}
+    d0, d1, v2 = cells["MobileNet α0.25 0"], cells["MobileNet α0.25 † 1"], cells["MobileNetV2 α0.35 0"]
+    assert d0[head.index("OOF range exact")] == "**0.600**" and d0[head.index("OOF range exact, every IN")] == "0.500"
+    assert d0[head.index("OOF Δ range exact vs every IN")] == "0.100 [0.050, 0.200]"
+    assert d1[head.index("OOF Δ range exact vs every IN")] == "0.100 [-0.050, 0.200]"
+    assert d0[head.index("OOF n stacks")] == "10" and d0[head.index("OOF n with outer slices")] == "6"
+    assert v2[head.index("OOF range exact")] == "—"  # a run of an older version: no out-of-fold results
+    assert "† marks a run that does not beat every slice IN beyond noise" in md
+    test_head = next(line for line in md.splitlines() if "Δ range exact vs every IN" in line and "OOF" not in line)
+    assert "n with outer slices" in test_head
+    assert report.table2_latex(t2.reset_index()).count(r"\begin{tabular}") == 4
+
+
+def test_results_without_the_paired_blocks_render_as_before(table2):
+    assert "beats_constant" not in table2 and not any(c.startswith("oof_") for c in table2)
+    assert "Out of fold" not in report.table2_markdown(table2)

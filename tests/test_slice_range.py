@@ -1,6 +1,8 @@
 """Decoding chosen on validation, the baselines, and the stack-context model: hand-computed cases."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,7 +25,7 @@ from benchmark.decode import (
     stack_table,
     tune_decoding,
 )
-from benchmark.metrics import range_metrics
+from benchmark.metrics import classification_metrics, paired_range_difference, range_metrics
 
 
 def stacks_frame(lengths: list[int]) -> pd.DataFrame:
@@ -198,3 +200,100 @@ def test_intensity_augmentation_by_hand():
     angles, gammas = Augmentation(45.0, 0.4).of(0, [1, 1], [-1, 0], [0, 0])
     assert angles[0] == 0.0 and gammas[0] == 1.0  # the plain view is never augmented
     assert gammas[1] == view_gamma(0, 1, 0, 0, 0.4) and not Augmentation(0.0).active
+
+
+# ---- out-of-fold results ------------------------------------------------------------------------------------------
+CLASSES = ("OAP", "IN", "OBS")
+
+
+def labelled(stacks: list[list[str]], folds: list[int]) -> "Dataset":
+    """A Dataset of the given stacks (apex -> base), one patient each, with the CV fold of each stack's patient."""
+    from pathlib import Path
+
+    from benchmark.data import Dataset
+    rows = pd.DataFrame([{"patient": f"p{i}", "frame": "ED", "slice": s, "label": c, "y": CLASSES.index(c),
+                          "n_slices": len(stack), "fold": folds[i]}
+                         for i, stack in enumerate(stacks) for s, c in enumerate(stack)])
+    return Dataset(Path("src"), rows, CLASSES, "sha")
+
+
+def test_cross_fitted_decoding_decodes_each_fold_as_tuned_on_the_others():
+    # fold 1's stacks start with an OAP slice the model gives p(OAP) 0.3: tuned on fold 1, an OAP offset >= 1 gets
+    # them right; fold 0's stacks are all IN with the same apex, where the plain monotone decoding is right. Decoded
+    # cross-fitted, each fold gets the other's decoding and every range is wrong; one decoding tuned on both folds
+    # (tune_decoding on all) would get half of them right
+    from benchmark.evaluate import FoldDecodings, cross_fitted_decoding
+    ds = labelled([["IN"] * 4] * 3 + [["OAP"] + ["IN"] * 3] * 3, [0, 0, 0, 1, 1, 1])
+    proba = np.tile([[0.3, 0.7, 0.0]] + [[0.05, 0.9, 0.05]] * 3, (6, 1))
+    fold = ds.rows["fold"].to_numpy()
+    decoding = cross_fitted_decoding(proba, ds.rows.y.to_numpy(), ds.stacks(np.arange(24)), fold)
+    assert isinstance(decoding, FoldDecodings) and decoding.decodings[1] == Decoding()
+    assert decoding.decodings[0].kind == "monotone" and decoding.decodings[0].offsets[0] >= 1.0
+    labels = decoding.apply(proba, ds.stacks(np.arange(24)))
+    assert labels[fold == 0][::4].tolist() == [OAP] * 3 and labels[fold == 1][::4].tolist() == [IN] * 3
+    assert range_metrics(ds.rows.y.to_numpy(), labels, ds.stacks(np.arange(24)))["range_exact"] == 0.0
+    assert decoding.to_dict()["folds"][1] == Decoding().to_dict()
+    with pytest.raises(ValueError, match="spans several folds"):
+        cross_fitted_decoding(proba, ds.rows.y.to_numpy(), ds.stacks(np.arange(24)), np.arange(24) % 2)
+
+
+def test_write_out_of_fold_scores_the_rows_beside_every_slice_in(tmp_path):
+    from benchmark.baselines import constant_baseline
+    from benchmark.evaluate import evaluate, write_out_of_fold
+    from benchmark.task import Task
+    # two stacks the model gets exactly, one (all IN) where it calls the apex OAP; every slice IN: only the last
+    ds = labelled([["OAP", "IN", "IN", "OBS"], ["OAP", "IN", "IN"], ["IN", "IN", "IN"]], [0, 1, 1])
+    rows = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    proba = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8],
+                      [0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.8, 0.1],
+                      [0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.8, 0.1]])
+    baselines = {CONSTANT: constant_baseline(len(rows), 3)}
+    m = write_out_of_fold(tmp_path, ds, rows, proba, Decoding(), baselines)
+    written = pd.read_csv(tmp_path / "oof_predictions.csv")
+    test_columns, _ = evaluate(ds, rows, proba, Task("classification", CLASSES), Decoding(), baselines)
+    assert list(written.columns) == list(test_columns.columns) and len(written) == len(rows)
+    assert list(written.decoded) == ["OAP", "IN", "IN", "OBS", "OAP", "IN", "IN", "OAP", "IN", "IN"]
+    assert m == json.loads((tmp_path / "oof_metrics.json").read_text())
+    assert m["decoded"]["range_exact"] == pytest.approx(2 / 3)
+    assert m["baselines"][CONSTANT]["range_exact"] == pytest.approx(1 / 3)
+    assert m["vs_constant"]["range_exact"]["difference"] == pytest.approx(1 / 3)
+    assert (m["vs_constant"]["n_stacks"], m["vs_constant"]["n_stacks_outer"]) == (3, 2)
+
+
+@pytest.mark.slow
+def test_out_of_fold_files_of_every_run_agree_with_their_predictions(tiny_grid):
+    """The tiny grid (conftest): each run's oof_predictions.csv has one row per training-pool slice, the columns
+    of test_predictions.csv, and scores as oof_metrics.json says; summary.md shows the out-of-fold columns."""
+    _, out, _ = tiny_grid
+    folds = pd.read_csv(out / "folds.csv", keep_default_na=False)
+    pool = folds[folds.role.str.startswith("fold")]
+    index = {c: i for i, c in enumerate(CLASSES)}
+    for run in ("mobilenet_d0", "mobilenet_d0+stack", "mobilenet_d1", "cbr_tiny"):
+        oof = pd.read_csv(out / run / "oof_predictions.csv", keep_default_na=False)
+        assert list(oof.columns) == list(pd.read_csv(out / run / "test_predictions.csv", nrows=1).columns), run
+        assert len(oof) == len(pool)
+        assert sorted(zip(oof.patient, oof.frame, oof.slice)) == sorted(zip(pool.patient, pool.frame, pool.slice))
+        m = json.loads((out / run / "oof_metrics.json").read_text())
+        y = oof.label.map(index).to_numpy()
+        stacks = oof[["patient", "frame", "slice"]]
+        labels = {c: oof[c].map(index).to_numpy() for c in ("prediction", "decoded", "baseline_every_in",
+                                                              "baseline_position")}
+        for column, scores in (("decoded", m["decoded"]), ("baseline_every_in", m["baselines"][CONSTANT]),
+                               ("baseline_position", m["baselines"][POSITION])):
+            recomputed = range_metrics(y, labels[column], stacks)
+            for key in ("range_exact", "range_within1", "boundary_mae", "n_stacks"):
+                assert recomputed[key] == pytest.approx(scores[key], nan_ok=True), (run, column, key)
+        assert classification_metrics(y, oof[["p_OAP", "p_IN", "p_OBS"]].to_numpy(), CLASSES,
+                                      y_pred=labels["prediction"])["confusion"] == m["confusion"]
+        paired = paired_range_difference(y, labels["decoded"], labels["baseline_every_in"], stacks)
+        assert paired == m["vs_constant"], run  # the same seeded bootstrap of the same labels
+        assert m["decoded"]["decoding"]["kind"] == "cross-fitted" and len(m["decoded"]["decoding"]["folds"]) == 2
+    summary = pd.read_csv(out / "summary.csv").set_index("run")
+    assert summary.loc["mobilenet_d1", "oof_range_exact"] == pytest.approx(
+        json.loads((out / "mobilenet_d1" / "oof_metrics.json").read_text())["decoded"]["range_exact"])
+    constant = summary.loc["baseline_every_in", "oof_range_exact"]
+    assert constant == summary.loc["mobilenet_d1", "oof_constant_range_exact"]
+    header = (out / "summary.md").read_text().splitlines()[0]
+    for column in ("beats_constant", "vs_constant_range_exact", "n_stacks_outer", "oof_range_exact",
+                   "oof_constant_range_exact", "oof_vs_constant_range_exact", "oof_range_within1", "oof_n_stacks"):
+        assert f"| {column} |" in header, column

@@ -8,7 +8,7 @@ from typing import Sequence
 import pandas as pd
 
 from ..metrics import higher_is_better
-from ..summary import to_markdown
+from ..summary import OF_CONSTANT, OOF, OOF_PAIRED, TEST_PAIRED, VS, to_markdown
 
 # (key, heading)
 CLASS_METRICS = [("macro_f1", "macro F1"), ("auc_micro", "micro AUC"), ("auc_weighted", "weighted AUC"),
@@ -22,6 +22,31 @@ DECODED_PREFIX = "dec_"  # the decoding chosen on validation: the run's headline
 SECTIONS = {"": "", NO_AUC_PREFIX: "monotone", DECODED_PREFIX: "decoded"}
 DECODED_METRICS = ["macro_f1"] + [k for k, _ in RANGE_METRICS]
 BASELINE_DEPTH = "baseline"
+# headings of the supports of the paired comparison with every slice IN (summary.TEST_PAIRED, OOF_PAIRED)
+COUNTS = {"n_stacks": "n stacks", "n_stacks_outer": "n with outer slices"}
+
+
+def paired_parts(key: str) -> tuple[bool, str, str]:
+    """(out of fold, what: "" the predictor's own figure, VS its difference from every slice IN's, OF_CONSTANT every
+    slice IN's, metric) of a column of TEST_PAIRED or OOF_PAIRED."""
+    rest = key.removeprefix(OOF)
+    for what in (VS, OF_CONSTANT):
+        if rest.startswith(what):
+            return key.startswith(OOF), what, rest[len(what):]
+    return key.startswith(OOF), "", rest
+
+
+def is_paired(key: str) -> bool:
+    return key in TEST_PAIRED or key in OOF_PAIRED
+
+
+def ranked(key: str) -> bool:
+    """Whether a column's best value is marked: not a reference or a count; of the paired columns the predictors'
+    own out-of-fold figures alone (a difference ranks as its figure does)."""
+    if is_paired(key):
+        _, what, base = paired_parts(key)
+        return key.startswith(OOF) and not what and base not in COUNTS
+    return key not in NOT_RANKED
 
 
 def metric_keys(classes: Sequence[str], task: str = "classification") -> list[str]:
@@ -43,6 +68,11 @@ def split_key(key: str) -> tuple[str, str]:
 
 
 def heading(key: str) -> str:
+    if is_paired(key):
+        oof, what, base = paired_parts(key)
+        name = COUNTS.get(base) or dict(RANGE_METRICS)[base]
+        name = {"": name, VS: f"Δ {name} vs every IN", OF_CONSTANT: f"{name}, every IN"}[what]
+        return f"OOF {name}" if oof else name
     prefix, base = split_key(key)
     names = dict(CLASS_METRICS + RANGE_METRICS + REGRESSION_METRICS)
     name = f"F1 {base[3:].upper()}" if base.startswith("f1_") else names.get(base, base.replace("_", " "))
@@ -52,9 +82,10 @@ def heading(key: str) -> str:
 def best_mask(df: pd.DataFrame, key: str, decimals: int = 3) -> pd.Series:
     """Rows holding the best value of a column at the printed precision (ties all marked); none with < 2 values."""
     values = df[key].astype(float).round(decimals)
-    if values.notna().sum() < 2 or key in NOT_RANKED:
+    if values.notna().sum() < 2 or not ranked(key):
         return pd.Series(False, index=df.index)
-    best = values.max() if higher_is_better(split_key(key)[1]) else values.min()
+    best = values.max() if higher_is_better(paired_parts(key)[2] if is_paired(key) else split_key(key)[1]) \
+        else values.min()
     return values == best
 
 

@@ -11,14 +11,19 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from data_prep import atomic
 from ..baselines import BASELINES, CONSTANT
-from ..layout import BASELINE_PREFIX
-from ..metrics import bootstrap_ci, classification_metrics, range_metrics, regression_metrics, soft_correct
-from .columns import (BASELINE_DEPTH, DECODED_METRICS, DECODED_PREFIX, NO_AUC_PREFIX, RANGE_METRICS,
-                      REGRESSION_METRICS, SECTIONS, best_mask, heading, markdown_table, metric_keys, num, split_key)
+from ..layout import BASELINE_PREFIX, OOF_METRICS
+from ..metrics import (BOOT_SEED, N_BOOT, VS_CONSTANT, bootstrap_ci, classification_metrics, nan_mean,
+                       per_stack_range, regression_metrics, soft_correct)
+from ..summary import beats_constant, oof_columns, paired_columns
+from .columns import (BASELINE_DEPTH, COUNTS, DECODED_METRICS, DECODED_PREFIX, NO_AUC_PREFIX, OOF_PAIRED,
+                      RANGE_METRICS, REGRESSION_METRICS, SECTIONS, TEST_PAIRED, best_mask, heading, is_paired,
+                      markdown_table, metric_keys, num, paired_parts, split_key)
 from .results import Results, Run, confusion, done_runs
 
 DECODED_TITLE = "IN range, decoding chosen on validation, beside the baselines"
+OOF_TITLE = "Out of fold over the training pool: IN range beside every slice IN on the same stacks"
 
 
 def _class_arrays(run: Run) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], pd.DataFrame]:
@@ -33,25 +38,6 @@ def _class_arrays(run: Run) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarra
             decodings[prefix] = df[section].map(index).to_numpy(dtype=np.int64)
     stacks = df[["patient", "frame", "slice"]].astype({"slice": np.int64})
     return y, proba, decodings, stacks
-
-
-def per_stack_range(y: np.ndarray, pred: np.ndarray, stacks: pd.DataFrame) -> pd.DataFrame:
-    """range_metrics of each (patient, frame) stack alone: their NaN-mean over stacks is range_metrics of all.
-
-    (A stack without a true IN slice gives NaN everywhere and drops out, as range_metrics leaves it out; a stack
-    scored but without predicted IN has NaN boundary errors, which range_metrics also leaves out, and each scored
-    stack weighs its two boundaries equally in both.)
-    """
-    records = []
-    for (patient, frame), rows in stacks.groupby(["patient", "frame"], sort=True).indices.items():
-        m = range_metrics(y[rows], pred[rows], stacks.iloc[rows])
-        records.append({"patient": patient, "frame": frame, **{k: m[k] for k, _ in RANGE_METRICS}})
-    return pd.DataFrame(records)
-
-
-def _nanmean(values: np.ndarray) -> float:
-    finite = values[~np.isnan(values)]
-    return float(finite.mean()) if finite.size else float("nan")
 
 
 def bootstrap_intervals(run: Run, n_boot: int = 1000, seed: int = 0) -> dict[str, tuple[float, float]]:
@@ -115,7 +101,7 @@ def _range_intervals(y: np.ndarray, pred: np.ndarray, stacks: pd.DataFrame, n_bo
     """Patient-bootstrap CIs of the IN-range metrics of labels `pred`, per-stack values computed once."""
     per_stack = per_stack_range(y, pred, stacks)
     groups = per_stack["patient"].to_numpy()
-    return {key: bootstrap_ci(lambda idx, v=per_stack[key].to_numpy(dtype=np.float64): _nanmean(v[idx]), groups,
+    return {key: bootstrap_ci(lambda idx, v=per_stack[key].to_numpy(dtype=np.float64): nan_mean(v[idx]), groups,
                               n_boot, seed) for key, _ in RANGE_METRICS}
 
 
@@ -215,24 +201,34 @@ def table2_test(results: Results, n_boot: int = 1000, seed: int = 0, progress: b
         if r.has_target:
             row["target"] = r.config["target"]
         row["n"] = r.metrics.get("n")
+        if "decoded" in r.metrics:
+            oof = out_of_fold_metrics(r)
+            row.update(paired_columns(r.metrics.get(VS_CONSTANT)))
+            if oof is not None:
+                row.update(oof_columns(oof["decoded"], oof["baselines"][CONSTANT], oof.get(VS_CONSTANT)))
+            row["beats_constant"] = beats_constant(oof)
         rows.append(row)
     rows += baseline_rows(runs, n_boot, seed)
     df = pd.DataFrame(rows)
-    if "dec_range_exact" in df:
-        constant = df.loc[df["run"] == f"{BASELINE_PREFIX}{CONSTANT}", "dec_range_exact"]
-        beats = (df["dec_range_exact"] > constant.iat[0]).astype(object) if len(constant) else None
-        df["beats_constant"] = beats.where(df["depth"] != BASELINE_DEPTH, None) if beats is not None else None
     empty = [k for k in keys if df[k].isna().all()]
     return df.drop(columns=[c for k in empty for c in (k, f"{k}_lo", f"{k}_hi")])
+
+
+def out_of_fold_metrics(run: Run) -> dict[str, Any] | None:
+    """A run's oof_metrics.json; None where the run has none (older results, runs without slice ranges)."""
+    path = run.dir / OOF_METRICS
+    return atomic.read_json(path) if path.is_file() else None
 
 
 def baseline_rows(runs: Sequence[Run], n_boot: int, seed: int) -> list[dict[str, Any]]:
     """Table-2 rows of the baselines (benchmark.baselines) recorded with the first run that has them, scored on
     the same test stacks as every run: their decoded columns and patient-bootstrap CIs from that run's
-    test_predictions.csv (column baseline_<name>)."""
+    test_predictions.csv (column baseline_<name>), their paired differences from every slice IN, and their
+    out-of-fold figures from its oof_metrics.json."""
     run = next((r for r in runs if r.has_classes and "baselines" in r.metrics), None)
     if run is None:
         return []
+    oof = out_of_fold_metrics(run)
     df = run.predictions
     y, proba, _, stacks = _class_arrays(run)
     index = {c: i for i, c in enumerate(run.classes)}
@@ -242,6 +238,10 @@ def baseline_rows(runs: Sequence[Run], n_boot: int, seed: int) -> list[dict[str,
         row: dict[str, Any] = {"run": f"{BASELINE_PREFIX}{name}", "network": f"{BASELINES.get(name, name)} (baseline)",
                                "depth": BASELINE_DEPTH, "weights": None}
         row.update({DECODED_PREFIX + k: m.get(k, float("nan")) for k in DECODED_METRICS})
+        row.update(paired_columns(m.get(VS_CONSTANT)))
+        if oof is not None and name in oof["baselines"]:
+            b = oof["baselines"][name]
+            row.update(oof_columns(b, oof["baselines"][CONSTANT], b.get(VS_CONSTANT)))
         column = f"{BASELINE_PREFIX}{name}"
         if column in df and n_boot:
             pred = df[column].map(index).to_numpy(dtype=np.int64)
@@ -261,7 +261,8 @@ def _table2_groups(df: pd.DataFrame) -> list[tuple[str, list[str]]]:
     plain = [k for k in keys if not k.startswith(NO_AUC_PREFIX) and k not in dict(RANGE_METRICS) and k not in target]
     rng = [k for k in keys if k.removeprefix(NO_AUC_PREFIX) in dict(RANGE_METRICS)]
     mono = [k for k in keys if k.startswith(NO_AUC_PREFIX) and k not in rng]
-    groups = [(DECODED_TITLE, decoded)] if decoded else []
+    groups = [(DECODED_TITLE, decoded + [k for k in TEST_PAIRED if k in df])] if decoded else []
+    groups += [(OOF_TITLE, [k for k in OOF_PAIRED if k in df])] if any(k in df for k in OOF_PAIRED) else []
     groups += [("Test set, argmax decoding", plain)] if plain else []
     if target:
         groups.append((f"Test set, regression of {df['target'].iat[0]}", target))
@@ -274,21 +275,21 @@ def table2_markdown(df: pd.DataFrame) -> str:
     supports = [c for c in df if c.startswith("support_")]
     parts = []
     groups = _table2_groups(df)
-    first_plain = next((g for g, (title, _) in enumerate(groups) if title != DECODED_TITLE), 0)
+    first_plain = next((g for g, (title, _) in enumerate(groups) if title not in WITH_BASELINES), 0)
     cv_name = heading(df["cv_metric"].dropna().iat[0].removeprefix("val_")) if df["cv_metric"].notna().any() else ""
     for g, (title, keys) in enumerate(groups):
-        rows = df if title == DECODED_TITLE else df[df["depth"] != BASELINE_DEPTH]
+        rows = df if title in WITH_BASELINES else df[df["depth"] != BASELINE_DEPTH]
         extra = [f"CV {cv_name} (mean ± SD)"] if g == first_plain else []
         head = ["network", "depth", "weights"] + [heading(k) for k in keys] + extra + \
             ([f"n {c[len('support_'):].upper()}" for c in supports] if extra else [])
         marks = {k: best_mask(rows, k) for k in keys}
         table = []
         for i, r in rows.iterrows():
-            loses = title == DECODED_TITLE and r.get("beats_constant") is False
+            loses = title in WITH_BASELINES and r.get("beats_constant") is False
             cells = [r.network + (" †" if loses else ""), str(r.depth), weights_short(r.weights)]
             for k in keys:
-                value = num(r[k], 3)
-                cells.append((f"**{value}**" if marks[k][i] else value) + _ci_text(r[f"{k}_lo"], r[f"{k}_hi"]))
+                value = _value(r, k)
+                cells.append((f"**{value}**" if marks[k][i] else value) + _ci_text(*_interval(r, k)))
             if extra:
                 cells.append(f"{num(r.cv_mean, 3)} ± {num(r.cv_sd, 3)}")
                 cells += [num(r[c], 0) for c in supports]
@@ -297,11 +298,25 @@ def table2_markdown(df: pd.DataFrame) -> str:
     note = ("Point estimates from test_metrics.json; [95 % CI] from a patient-level bootstrap of "
             "test_predictions.csv; best value per column in bold (lowest for boundary MAE, in slices). CV: fold mean "
             "± SD of the selection metric at the selected learning rate and epoch count.")
-    if "beats_constant" in df:
+    if DECODED_PREFIX + "range_exact" in df:
         note += (f" {DECODED_TITLE}: each run's probabilities decoded as chosen on its validation folds "
                  "(selection.json `decoding`); the baselines are scored on the same stacks: every slice IN, and a "
-                 "model of the slice's position in its stack alone. † marks a run whose exact IN range does not "
-                 "beat the every-slice-IN constant.")
+                 "model of the slice's position in its stack alone.")
+    if any(k in df for k in TEST_PAIRED + OOF_PAIRED):
+        note += (" Δ … vs every IN: the figure minus every slice IN's on the same stacks, with a paired 95 % "
+                 f"interval from a patient bootstrap ({N_BOOT} replicates, seed {BOOT_SEED}; a patient's stacks drawn "
+                 "together, both predictors scored on each resample; as the engine wrote it, `vs_constant` of "
+                 "test_metrics.json and oof_metrics.json); n stacks: the stacks with a true IN slice, n with outer "
+                 "slices: those of them with an OAP or OBS slice, the only ones where a predictor can do better "
+                 "than the constant.")
+    if any(k in df for k in OOF_PAIRED):
+        note += (f" {OOF_TITLE}: every training-pool slice predicted by the CV model of the fold that held it out "
+                 "(selected LR and epoch count; oof_predictions.csv), each fold's stacks decoded as tuned on the "
+                 "other folds, the position model likewise.")
+    if "beats_constant" in df:
+        note += (" † marks a run that does not beat every slice IN beyond noise: the paired 95 % interval of its "
+                 "out-of-fold exact-IN-range difference does not lie above 0 (summary.csv `beats_constant` false); "
+                 "no mark where a run has no out-of-fold results.")
     if "mae" in df:
         note += (" MAE and RMSE are in the target's units (lowest in bold); baseline MAE is the MAE of predicting "
                  "the training pool's mean target for every test slice, the figure a model has to beat.")
@@ -312,20 +327,20 @@ def table2_latex(df: pd.DataFrame) -> str:
     """booktabs tables (\\usepackage{booktabs}); CIs in brackets below each value."""
     out = ["% generated by python -m benchmark.report; needs \\usepackage{booktabs}"]
     for title, keys in _table2_groups(df):
-        rows = df if title == DECODED_TITLE else df[df["depth"] != BASELINE_DEPTH]
+        rows = df if title in WITH_BASELINES else df[df["depth"] != BASELINE_DEPTH]
         marks = {k: best_mask(rows, k) for k in keys}
         out += [r"\begin{table}[ht]", r"\centering", r"\scriptsize", f"\\caption{{{_tex(title)}}}",
                 r"\begin{tabular}{lll" + "c" * len(keys) + "}", r"\toprule",
                 " & ".join(["Network", "Depth", "Weights"] + [_tex(heading(k)) for k in keys]) + r" \\",
                 r"\midrule"]
         for i, r in rows.iterrows():
-            loses = title == DECODED_TITLE and r.get("beats_constant") is False
+            loses = title in WITH_BASELINES and r.get("beats_constant") is False
             values, cis = [_tex(r.network + (" †" if loses else "")), _tex(str(r.depth)),
                            _tex(weights_short(r.weights))], ["", "", ""]
             for k in keys:
-                v = num(r[k], 3)
+                v = _value(r, k)
                 values.append(f"\\textbf{{{v}}}" if marks[k][i] else v)
-                lo, hi = r[f"{k}_lo"], r[f"{k}_hi"]
+                lo, hi = _interval(r, k)
                 cis.append("" if math.isnan(lo) else f"[{lo:.3f}, {hi:.3f}]")
             out.append(" & ".join(values) + r" \\")
             if any(cis):
@@ -348,6 +363,21 @@ def weights_short(weights: str | None) -> str:
 
 def _ci_text(lo: float, hi: float) -> str:
     return "" if math.isnan(lo) else f" [{lo:.3f}, {hi:.3f}]"
+
+
+WITH_BASELINES = (DECODED_TITLE, OOF_TITLE)  # the groups whose rows include the baselines'
+
+
+def _value(r: pd.Series, key: str) -> str:
+    """A cell's figure: counts as integers, "—" where a row has none."""
+    count = is_paired(key) and paired_parts(key)[2] in COUNTS
+    return num(r.get(key), 0 if count else 3)
+
+
+def _interval(r: pd.Series, key: str) -> tuple[float, float]:
+    """(lo, hi) of a cell, NaN for a column without one (the paired ones have one for the differences alone)."""
+    lo, hi = r.get(f"{key}_lo"), r.get(f"{key}_hi")
+    return (float("nan"), float("nan")) if lo is None or pd.isna(lo) else (float(lo), float(hi))
 
 
 _TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
