@@ -10,6 +10,7 @@ ordered apex -> base. Labels come from the phantom's own geometry, never from a 
        crescent of LV myocardium, and no LV cavity.
 
 No slice centre is placed within MARGIN_MM of the cavity's apex or base, so every label can be read from the image.
+Each slice's mask (RV cavity, LV myocardium and LV cavity, coded by MASK_CODES) is the geometry it was rendered from.
 Stacks get 8-16 slices with 0-2 OAP and 0-2 OBS (more of both at ES, when the base descends and the apical cavity
 closes): about 13% outer slices overall (ED ~10%, ES ~17%), rare as in real data (ACDC ~5%, the paper's CAP data
 more) yet learnable.
@@ -31,13 +32,15 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import DataPrepError
-from .manifest import OVERWRITE_HELP, Stack, write_dataset
+from .manifest import MASK_CODES, OVERWRITE_HELP, Stack, write_dataset
 
 DATASET = "synthetic"
 FRAMES = ("ED", "ES")
 MARGIN_MM = 1.5          # no slice centre this close to where the LV cavity begins or ends
 MAX_OUTER = 2            # at most this many OAP and this many OBS slices per stack
 BLOOD, FAT, MYO, MUSCLE, LIVER, LUNG, SOFT = 1.0, 0.9, 0.28, 0.3, 0.42, 0.06, 0.55  # relative bSSFP signal
+RV_CAVITY, LV_MYOCARDIUM, LV_CAVITY = (MASK_CODES[k] for k in ("rv_cavity", "lv_myocardium", "lv_cavity"))
+MASK_STRUCTURES = tuple(MASK_CODES)  # the phantom's geometry gives every structure on every slice
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ class PhantomStack(NamedTuple):
     images: list[np.ndarray]   # uint16, apex -> base
     labels: list[str]
     cavity_px: list[int]       # LV cavity pixels from the geometry (0 outside IN)
-    masks: list[np.ndarray]    # uint8 per slice, ACDC coding: 1 RV cavity, 2 LV myocardium, 3 LV cavity
+    masks: list[np.ndarray]    # uint8 per slice, coded by MASK_CODES
     cavity_radius_mm: list[float]
 
 
@@ -315,16 +318,16 @@ def render_slice(anat: Anatomy, frame: str, index: int, texture: Texture,
         img[wall] = MYO * c[5]
         cavity = (rv_ellipse < 1.0) & (r_hv > ro + 1.0)
         img[cavity] = BLOOD * (1 + 0.04 * coarse[cavity])
-        mask[cavity] = 1
+        mask[cavity] = RV_CAVITY
 
     if ro > 0 and z < b:
         myo = r_hv < ro
         img[myo] = MYO * c[5] * (1 + 0.05 * fine[myo])
-        mask[myo] = 2
+        mask[myo] = LV_MYOCARDIUM
         if rc > 0:
             pool = r_hv < rc
             img[pool] = BLOOD * (1 + 0.04 * coarse[pool])
-            mask[pool] = 3
+            mask[pool] = LV_CAVITY
             # papillary muscles: dark dots against the free wall in the middle of the ventricle
             if 0.2 < (z - a) / (b - a) < 0.85 and rc > 8:
                 for ang in (-0.6, 2.4):
@@ -338,13 +341,13 @@ def render_slice(anat: Anatomy, frame: str, index: int, texture: Texture,
             off_axis = np.abs(np.angle(np.exp(1j * (np.arctan2(hv, hu) - 1.2))))
             arc = (r_hv < ro_max) & (r_hv > ro_max - 0.6 * anat.wall) & (off_axis < span / 2)
             img[arc] = MYO * c[5]
-            mask[arc] = 2
+            mask[arc] = LV_MYOCARDIUM
         # left atrium, right atrium, aortic root, pulmonary trunk; the atria fill during systole
         grow = np.array([1.15, 1.15, 1.0, 1.0]) if es else np.ones(4)
         for (cu, cv_, au, av), g in zip(anat.chambers, grow):
             au, av = au * g, av * g
             e = _ellipse(hu, hv, cu, cv_, au, av)
-            img[(e < 1 + 2.5 / au) & ~(mask == 2)] = MYO * c[5] * 0.9
+            img[(e < 1 + 2.5 / au) & ~(mask == LV_MYOCARDIUM)] = MYO * c[5] * 0.9
             chamber = e < 1
             img[chamber] = BLOOD * (1 + 0.05 * coarse[chamber])
 
@@ -374,7 +377,7 @@ def make_stack(rng: np.random.Generator, anat: Anatomy, frame: str,
         images.append(img)
         masks.append(mask)
     labels = [label_at(anat, frame, float(z)) for z in anat.z]
-    return PhantomStack(images, labels, [int(np.count_nonzero(m == 3)) for m in masks], masks,
+    return PhantomStack(images, labels, [int(np.count_nonzero(m == LV_CAVITY)) for m in masks], masks,
                         [float(cavity_radius(anat, frame, z)) for z in anat.z])
 
 
@@ -397,7 +400,7 @@ def _stacks(seed: int, patients: int) -> Iterator[Stack]:
             yield Stack(
                 patient=f"syn{k:03d}", frame=frame, images=ph.images, labels=ph.labels,
                 sources=[f"synthetic(seed={seed},patient={k},frame={frame},slice={i})" for i in range(len(ph.images))],
-                pixel_spacing_mm=anat.spacing_mm, extra={"lv_cavity_px": ph.cavity_px})
+                pixel_spacing_mm=anat.spacing_mm, extra={"lv_cavity_px": ph.cavity_px}, masks=ph.masks)
 
 
 def generate(out: str | Path, patients: int = 100, seed: int = 0, overwrite: bool = False) -> Path:
@@ -408,7 +411,8 @@ def generate(out: str | Path, patients: int = 100, seed: int = 0, overwrite: boo
         raise DataPrepError(f"--seed must be a non-negative whole number, got {seed!r}")
     return write_dataset(out, DATASET, _stacks(int(seed), int(patients)),
                          source=f"data_prep.synthetic phantom (seed={seed})",
-                         options={"patients": int(patients), "seed": int(seed)}, overwrite=overwrite)
+                         options={"patients": int(patients), "seed": int(seed)}, overwrite=overwrite,
+                         mask_structures=MASK_STRUCTURES)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ import pytest
 from data_prep import __main__ as cli
 from data_prep import synthetic
 from data_prep.errors import DataPrepError
-from data_prep.manifest import load_image, read_dataset_json, read_manifest
+from data_prep.manifest import MASK_CODES, load_image, load_mask, mask_structures, read_dataset_json, read_manifest
 
 LABEL_ORDER = re.compile(r"^(OAP)*(IN)+(OBS)*$")
 
@@ -59,6 +59,26 @@ def test_dataset_directory_contents(tmp_path):
     meta = read_dataset_json(out)
     assert meta["options"] == {"patients": 2, "seed": 0}
     assert meta["counts"]["n_stacks"] == 4
+
+
+def test_masks_written_beside_their_images(tmp_path):
+    out = synthetic.generate(tmp_path / "syn", patients=1, seed=0)
+    df = read_manifest(out)
+    assert mask_structures(out) == ("rv_cavity", "lv_myocardium", "lv_cavity")
+    _, frames = synthetic.make_patient(0, 0)
+    codes = set()
+    for frame, ph in frames.items():
+        rows = df[df["frame"] == frame].sort_values("slice")
+        assert len(rows) == len(ph.masks)
+        for row, want in zip(rows.itertuples(), ph.masks):
+            img = load_image(out / row.image).astype(float)
+            mask = load_mask(out / row.mask, img.shape)
+            np.testing.assert_array_equal(mask, want)
+            assert row.lv_cavity_px == np.count_nonzero(mask == MASK_CODES["lv_cavity"])
+            codes |= set(np.unique(mask).tolist())
+            if row.label == "IN":  # registered on disk: the bright pool under the cavity code, in its dark ring
+                assert img[mask == 3].mean() > 1.8 * img[mask == 2].mean()
+    assert codes == {0, 1, 2, 3}
 
 
 def test_labels_ordered_and_outer_share_rare_but_present():
