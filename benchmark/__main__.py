@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="override the profile's epoch counts (the classifiers' and the "
                                               "segmentation head's)")
     p.add_argument("--folds", type=int, help="override the profile's number of CV folds")
+    p.add_argument("--input-size", type=int, metavar="PX",
+                   help="override the profile's input sizes: every network at PX x PX (at least its architecture's "
+                        "minimum, e.g. 75 for InceptionV3)")
     p.add_argument("--force", action="store_true", help="redo runs that already finished in OUT")
     p.add_argument("--train-fraction", type=fractions_list, metavar="F[,F...]",
                    help="label-efficiency curve: train on these fractions of the training patients (e.g. "
@@ -186,6 +189,11 @@ def _run(args: argparse.Namespace) -> int:
                                                       n_folds=args.folds, intensity_gamma=args.intensity_aug)
     if profile.epochs < 1 or profile.n_folds < 2:
         raise BenchmarkInputError("--epochs must be >= 1 and --folds >= 2")
+    if args.input_size is not None:
+        if not 16 <= args.input_size <= 1024:
+            raise BenchmarkInputError(f"--input-size must be between 16 and 1024 px, got {args.input_size}")
+        from .registry import BACKBONES
+        profile = profile.with_overrides(input_sizes={k: args.input_size for k in BACKBONES})
     if not 0 <= profile.intensity_gamma <= 2:  # beyond log g = 2 (g ~ 7.4) an image is nearly black or white
         raise BenchmarkInputError(f"--intensity-aug must be between 0 and 2, got {profile.intensity_gamma:g}")
     if not 0 <= args.seed < 2**32:  # numpy and TensorFlow take seeds of 32 bits

@@ -111,10 +111,12 @@ def skip_layers(model: keras.Model, spec: BackboneSpec) -> tuple[str, ...]:
 def build_segmenter(spec: BackboneSpec, input_size: int, *, weights: str | None = None, filters: int = 16,
                     seed: int = 0) -> keras.Model:
     """The backbone with a U-Net-style decoder: from its final map, at each skip layer (deepest first) a bilinear
-    resize to that map's size, concatenation, Conv3x3-BN-ReLU; then back to the input size, one more Conv3x3-BN-ReLU
-    and a per-pixel softmax over SEG_CLASSES ("seg_out"). A resize instead of a fixed 2x upsampling follows the
-    odd map sizes of the Inception family and Xception (149, 73, 35, ...). The decoder's width halves at each finer
-    level, from filters x 2^(levels - 1), at most 256."""
+    resize to that map's size, concatenation, Conv3x3-BN-ReLU; then per-pixel logits at the finest skip's
+    resolution (half the input's), resized bilinearly to the input's, and a softmax over SEG_CLASSES ("seg_out"). A
+    convolution at the input's own resolution would cost as much again as the rest of the decoder, on a CPU, for
+    detail below the masks' own. A resize instead of a fixed 2x upsampling follows the odd map sizes of the
+    Inception family and Xception (149, 73, 35, ...). The decoder's width halves at each finer level, from
+    filters x 2^(levels - 1), at most 256."""
     inputs, fmap = _backbone(spec, input_size, weights)
     encoder = keras.Model(inputs, fmap)
     skips = skip_layers(encoder, spec)
@@ -132,10 +134,10 @@ def build_segmenter(spec: BackboneSpec, input_size: int, *, weights: str | None 
         x = layers.Resizing(skip.shape[1], skip.shape[2], interpolation="bilinear", name=f"{SEG_PREFIX}up{i}")(x)
         x = layers.Concatenate(name=f"{SEG_PREFIX}join{i}")([x, skip])
         x = conv_block(x, min(256, filters * 2 ** (len(skips) - 1 - i)), i)
+    x = layers.Conv2D(len(SEG_CLASSES), 1, kernel_initializer=keras.initializers.GlorotUniform(seed + 100),
+                      name=f"{SEG_PREFIX}logits")(x)
     x = layers.Resizing(input_size, input_size, interpolation="bilinear", name=f"{SEG_PREFIX}up_input")(x)
-    x = conv_block(x, filters, len(skips))
-    out = layers.Conv2D(len(SEG_CLASSES), 1, activation="softmax", kernel_initializer=keras.initializers.GlorotUniform(
-        seed + 100), name=SEG_OUT)(x)
+    out = layers.Activation("softmax", name=SEG_OUT)(x)
     return keras.Model(inputs, out, name=f"{spec.key}_segment")
 
 

@@ -19,6 +19,7 @@ from data_prep.manifest import MASK_CODES
 
 from .baselines import POSITION_FEATURES, position_features
 from .decode import stack_groups, stack_table
+from .preprocess import Preprocessing, input_pixel_area
 from .registry import SEG_CLASSES
 
 SECTORS = 16
@@ -57,6 +58,19 @@ def slice_features(proba: np.ndarray, pixel_mm2: float) -> np.ndarray:
     cavity, myo = label == CAVITY, label == MYOCARDIUM
     return np.array([cavity.sum() * pixel_mm2, myo.sum() * pixel_mm2, proba[..., CAVITY].sum() * pixel_mm2,
                      proba[..., CAVITY].max(), ring_completeness(cavity, myo)], dtype=np.float64)
+
+
+def pixel_areas_mm2(ds, rows: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """The area of one network-input pixel of each of `rows` of a Dataset, in mm² (native pixels² where the
+    manifest gives no pixel spacing)."""
+    spacing = pd.to_numeric(ds.rows["pixel_spacing_mm"].iloc[rows], errors="coerce").fillna(1.0).to_numpy()
+    return np.array([input_pixel_area(ds.native(int(r)).shape, prep) for r in rows]) * spacing ** 2
+
+
+def describe(ds, rows: np.ndarray, maps: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """SLICE_FEATURES of `rows` of a Dataset from their probability maps (the segmenter's output, in rows order)."""
+    areas = pixel_areas_mm2(ds, rows, prep)
+    return np.stack([slice_features(m, a) for m, a in zip(maps, areas)]).reshape(len(rows), len(SLICE_FEATURES))
 
 
 def stack_features(per_slice: np.ndarray, rows: pd.DataFrame) -> np.ndarray:

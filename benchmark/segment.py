@@ -43,20 +43,19 @@ from .decode import Decoding, tune_decoding
 from .errors import BenchmarkInputError
 from .evaluate import evaluate, write_test
 from .infer import PREDICT_BATCH
-from .layout import (CV_HISTORY, DONE, HISTORY, JOB_JSON, MODEL_JSON, RESULTS_FORMAT, SEGMENT_SUFFIX, SELECTION,
+from .layout import (CV_HISTORY, DONE, HISTORY, JOB_JSON, MODEL_FILE, MODEL_JSON, RESULTS_FORMAT, SEGMENT_SUFFIX, SELECTION,
                      TIMING, JobClock, job_dir, job_dir_name, job_seconds, model_dir, segment_run_name)
 from .log import get as get_log
 from .models import SEG_PREFIX, build_segmenter, set_segment_depth
-from .preprocess import input_pixel_area, make_label_map
+from .preprocess import make_label_map
 from .protocol import out_of_fold, select
 from .registry import SEG_CLASSES
 from .run_spec import RunSpec, check_run_dir, job_seed, prepare_run_dir
-from .seg_features import (CAVITY, MYOCARDIUM, STACK_FEATURES, channels_of, dice, dice_by_position, slice_features,
+from .seg_features import (CAVITY, MYOCARDIUM, STACK_FEATURES, channels_of, describe, dice, dice_by_position,
                            stack_features)
 from .task import Task
 
 LOG = get_log("segment")
-SEGMENTER_FILE = "segmenter.keras"
 RANGE_MODEL_FILE = "range_model.json"
 ENCODER_WEIGHTS = "encoder.weights.h5"
 VAL_FEATURES = "val_features.npy"   # a CV fit's validation SLICE_FEATURES per epoch, from which the range model learns
@@ -222,20 +221,10 @@ class SegmentRun:
         t = np.stack([make_label_map(channels_of(ds.mask(int(r))), self.prep, a) for r, a in zip(rows, angles)])
         return x, t, self.full[rows]
 
-    def pixel_mm2(self, ds, rows: np.ndarray) -> np.ndarray:
-        """The area of one network-input pixel of each row, in mm² (native pixels² where the spacing is unknown)."""
-        spacing = pd.to_numeric(ds.rows["pixel_spacing_mm"].iloc[rows], errors="coerce").fillna(1.0).to_numpy()
-        return np.array([input_pixel_area(ds.native(int(r)).shape, self.prep) for r in rows]) * spacing ** 2
-
     def segment(self, ds, rows: np.ndarray) -> np.ndarray:
         """(len(rows), H, W, len(SEG_CLASSES)) probabilities of the plain views of `rows` of `ds`."""
         x = ds.make_inputs(rows, self.prep)
         return self.trainer().predict(x)
-
-    def describe(self, ds, rows: np.ndarray, proba: np.ndarray) -> np.ndarray:
-        """SLICE_FEATURES of `rows` from their probability maps."""
-        mm2 = self.pixel_mm2(ds, rows)
-        return np.stack([slice_features(p, a) for p, a in zip(proba, mm2)]) if len(rows) else np.zeros((0, 5))
 
     def dices(self, ds, rows: np.ndarray, proba: np.ndarray) -> dict[str, np.ndarray]:
         """Per-slice Dice of cavity and myocardium (NaN without a mask, or where neither holds the structure; the
@@ -291,7 +280,7 @@ class SegmentRun:
                             for k, v in dices.items()})
                 both = [rec[f"val_{SELECTION_METRIC}_{k}"] for k in dices]
                 rec[f"val_{SELECTION_METRIC}"] = float(np.nanmean(both)) if np.isfinite(both).any() else 0.0
-                feats.append(self.describe(ds, val_rows, proba))
+                feats.append(describe(ds, val_rows, proba, self.prep))
             records.append(rec)
             LOG.info(f"{self.name} {job} epoch {epoch + 1}/{epochs}: loss {rec['loss']:.4f}"
                      + (f", val Dice {rec[f'val_{SELECTION_METRIC}']:.3f}" if val_rows is not None else ""))
@@ -371,7 +360,7 @@ class SegmentRun:
     def _test(self, range_model: RangeModel, decoding: Decoding) -> dict[str, Any]:
         ds, rows = self.exp.test_set()
         proba = self.segment(ds, rows)
-        x = stack_features(self.describe(ds, rows, proba), ds.rows.iloc[rows])
+        x = stack_features(describe(ds, rows, proba, self.prep), ds.rows.iloc[rows])
         predictions, metrics = evaluate(ds, rows, range_model.predict_proba(x), self.task, decoding,
                                         self.exp.baselines)
         metrics["segmentation"] = dice_by_position(self.dices(ds, rows, proba), ds.rows.iloc[rows])
@@ -379,20 +368,20 @@ class SegmentRun:
         return metrics
 
     def _export(self, range_model: RangeModel, sel: dict[str, Any]) -> None:
-        """model/: the segmenter, its encoder's weights (loadable as `--weights PATH` by the classification runs of
+        """model/: the segmenter (model.keras, kind "segment" in model.json), its encoder's weights (loadable as `--weights PATH` by the classification runs of
         the same backbone), the range model and model.json."""
         directory = model_dir(self.dir)
         directory.mkdir(parents=True, exist_ok=True)
         model = self.trainer().model
-        atomic.atomic_write(directory / SEGMENTER_FILE, model.save)
+        atomic.atomic_write(directory / MODEL_FILE, model.save)
         encoder = keras.Model(model.inputs, model.get_layer(f"{SEG_PREFIX}up0").input)
         atomic.atomic_write(directory / ENCODER_WEIGHTS, encoder.save_weights)
         atomic.write_json(directory / RANGE_MODEL_FILE, range_model.to_dict())
         atomic.write_json(directory / MODEL_JSON, {
             "results_format": RESULTS_FORMAT, "run": self.name, "kind": "segment",
             "backbone": self.base.backbone.key, "depth": f"{self.base.depth}{SEGMENT_SUFFIX}",
-            "classes": list(self.classes), "preprocessing": json.loads(self.prep.key()),
-            "segmenter": SEGMENTER_FILE, "encoder_weights": ENCODER_WEIGHTS, "range_model": RANGE_MODEL_FILE,
+            "classes": list(self.classes), "preprocessing": self.prep.key(),
+            "encoder_weights": ENCODER_WEIGHTS, "range_model": RANGE_MODEL_FILE,
             "seg_classes": list(SEG_CLASSES), "decoding": {k: sel["decoding"][k] for k in ("kind", "offsets")},
             "code_version": code_version()})
 

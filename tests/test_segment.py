@@ -196,7 +196,7 @@ def test_a_segmentation_run_end_to_end_resumed(masked_phantom, tmp_path, tiny_sy
     assert {"decoded", "baselines", "range_exact"} <= metrics.keys()
     predictions = pd.read_csv(run / "test_predictions.csv")
     assert {"prediction", "p_OAP", "p_IN", "p_OBS", "decoded", "baseline_every_in"} <= set(predictions.columns)
-    assert (run / "model" / "segmenter.keras").is_file() and (run / "model" / "encoder.weights.h5").is_file()
+    assert (run / "model" / "model.keras").is_file() and (run / "model" / "encoder.weights.h5").is_file()
     history = pd.read_csv(run / "cv_history.csv")
     assert len(history) == 2 * 2 and history["val_dice"].between(0, 1).all()
     summary = pd.read_csv(out / "summary.csv")

@@ -12,6 +12,9 @@ import numpy as np
 
 from data_prep import atomic
 from data_prep.label import label_colours
+from data_prep.manifest import MASK_COLOURS
+
+from ..registry import SEG_CLASSES
 
 from .decide import StackPrediction
 from .load import TrainedModel
@@ -49,10 +52,17 @@ def slice_tag(stack: StackPrediction, k: int, argmax: np.ndarray, classes: Seque
     return tag
 
 
-def draw_tile(ax, view: np.ndarray, cam: np.ndarray | None, colour: str) -> None:
-    """A slice's field of view, with its Grad-CAM over it where cam is given, framed in its label's colour."""
+def draw_tile(ax, view: np.ndarray, cam: np.ndarray | None, colour: str, contours: bool = False) -> None:
+    """A slice's field of view, with its Grad-CAM over it where cam is given (or, with `contours`, cam is a
+    segmentation run's label map: its LV cavity and myocardium outlined), framed in its label's colour."""
     ax.imshow(view, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-    if cam is not None:
+    if cam is not None and contours:
+        labels = cv2.resize(cam.astype(np.uint8), (DISPLAY_PX, DISPLAY_PX), interpolation=cv2.INTER_NEAREST)
+        for structure in ("lv_myocardium", "lv_cavity"):
+            inside = labels == SEG_CLASSES.index(structure)
+            if inside.any():
+                ax.contour(inside, levels=[0.5], colors=[MASK_COLOURS[structure]], linewidths=0.9)
+    elif cam is not None:
         ax.imshow(cam_image(cam, DISPLAY_PX), cmap=CAM_CMAP, alpha=CAM_ALPHA, vmin=0.0, vmax=1.0)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -69,8 +79,10 @@ def draw_bars(ax, proba: np.ndarray, classes: Sequence[str], colours: dict[str, 
     ax.tick_params(axis="both", labelsize=6, length=2, pad=1)
 
 
-def draw_stack(fig, stack: StackPrediction, classes: Sequence[str], mode: str, title: str) -> None:
-    """Draw one stack on fig: per slice, mode 'both' (image row and Grad-CAM row), 'image' or 'cam', then bars."""
+def draw_stack(fig, stack: StackPrediction, classes: Sequence[str], mode: str, title: str,
+               contours: bool = False) -> None:
+    """Draw one stack on fig: per slice, mode 'both' (image row and Grad-CAM row), 'image' or 'cam', then bars;
+    with `contours` the 'cam' row outlines the predicted structures (a segmentation run) instead."""
     fig.clear()
     colours = label_colours(classes)
     panels = ["image", "cam"] if mode == "both" else [mode]
@@ -86,9 +98,9 @@ def draw_stack(fig, stack: StackPrediction, classes: Sequence[str], mode: str, t
         colour = colours[classes[stack.monotone[k]]]
         for j, panel in enumerate(panels):
             ax = fig.add_subplot(gs[r * per_row + j, c])
-            draw_tile(ax, stack.views[k], stack.cams[k] if panel == "cam" else None, colour)
+            draw_tile(ax, stack.views[k], stack.cams[k] if panel == "cam" else None, colour, contours)
             if c == 0:
-                ax.set_ylabel("Grad-CAM" if panel == "cam" else "image", fontsize=7)
+                ax.set_ylabel(("contours" if contours else "Grad-CAM") if panel == "cam" else "image", fontsize=7)
             if j == 0:
                 ax.set_title(slice_tag(stack, k, argmax, classes), color=colour, fontsize=7, fontweight="bold", pad=2)
         draw_bars(fig.add_subplot(gs[r * per_row + len(panels), c]), stack.proba[k], classes, colours, c == 0)
@@ -96,13 +108,17 @@ def draw_stack(fig, stack: StackPrediction, classes: Sequence[str], mode: str, t
 
 
 def stack_title(stack: StackPrediction, trained: TrainedModel, extra: str = "") -> str:
-    cam = "the per-slice model's argmax class" if trained.stack is not None else "the argmax class"
+    if trained.segments:
+        shown = "predicted LV cavity (yellow) and myocardium (purple) outlined"
+    else:
+        cam = "the per-slice model's argmax class" if trained.stack is not None else "the argmax class"
+        shown = f"Grad-CAM of {cam}"
     return (f"{stack.summary()}   [model: {trained.name}]\n"
-            f"apex -> base; tag and border: decoded label; bars: class probabilities; Grad-CAM of {cam}{extra}")
+            f"apex -> base; tag and border: decoded label; bars: class probabilities; {shown}{extra}")
 
 
 def write_report(path: Path, stack: StackPrediction, trained: TrainedModel) -> Path:
     from matplotlib.figure import Figure
     fig = Figure(figsize=figure_size(len(stack.slices), "both"), dpi=DPI)
-    draw_stack(fig, stack, trained.classes, "both", stack_title(stack, trained))
+    draw_stack(fig, stack, trained.classes, "both", stack_title(stack, trained), trained.segments)
     return atomic.atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=DPI))

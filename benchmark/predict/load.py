@@ -41,6 +41,11 @@ class TrainedModel:
     decoding: Decoding = field(default_factory=Decoding)  # chosen on validation (model.json), else plain monotone
     stack: Any = None                # the stack-context model (stack.py) of a <backbone>_d0+stack run
     with_features: Any = None        # image -> (probabilities, pooled features): what a stack model reads, one pass
+    range_model: Any = None          # a segmentation run's (segment.RangeModel): `model` is then its segmenter
+
+    @property
+    def segments(self) -> bool:
+        return self.range_model is not None
 
     @property
     def name(self) -> str:
@@ -181,6 +186,16 @@ def read_decoding(meta: dict[str, Any], path: Path) -> Decoding:
         raise BenchmarkInputError(f"{path}: unreadable decoding {meta['decoding']!r} ({exc})") from None
 
 
+def read_range_model(directory: Path, meta: dict[str, Any]):
+    """A segmentation run's range model (segment.RangeModel) from the file model.json names."""
+    from ..segment import RangeModel
+    path = directory / str(meta.get("range_model", ""))
+    try:
+        return RangeModel.from_dict(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise BenchmarkInputError(f"{path}: unreadable range model of a segmentation run ({exc})") from exc
+
+
 def with_pooled_features(model):
     """The classifier giving (probabilities, pooled features) in one pass: what a stack model reads."""
     import keras
@@ -193,6 +208,9 @@ def load_trained(directory: Path, meta: dict[str, Any], prep: Preprocessing) -> 
     from ..registry import get_spec
     model = load_classifier(directory / MODEL_FILE, prep)
     spec = get_spec(meta["backbone"])
+    if meta.get("kind") == "segment":
+        return TrainedModel(directory, model, spec.key, meta["depth"], SLICE_CLASSES, prep, "", meta,
+                            read_decoding(meta, directory / MODEL_JSON), range_model=read_range_model(directory, meta))
     mismatch = architecture_mismatch(model, spec)
     if mismatch:
         raise BenchmarkInputError(f"{directory / MODEL_JSON}: says backbone {spec.key}, but {mismatch}; the model "

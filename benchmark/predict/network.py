@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from ..data import Dataset
 from ..preprocess import Preprocessing, crop_resize, window
+from ..seg_features import describe, stack_features
 from .decide import StackPrediction, split_stacks
 from .draw import DISPLAY_PX
 from .load import TrainedModel
@@ -25,7 +26,11 @@ BATCH = 64
 
 def predict_batch(trained: TrainedModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Per-slice class probabilities, pooled features (stack models) and the Grad-CAM of each image's per-slice
-    argmax class (input resolution, [0, 1])."""
+    argmax class (input resolution, [0, 1]); for a segmentation run, no probabilities yet (its range model reads
+    the whole stack), the probability maps as features and the predicted label maps in place of Grad-CAMs."""
+    if trained.segments:
+        maps = np.asarray(trained.model(x, training=False))
+        return np.zeros((len(x), len(trained.classes))), maps, maps.argmax(-1)
     from ..gradcam import gradcam_tape
     proba, features = trained.probabilities(x)
     return proba, features, gradcam_tape(trained.model, x, proba.argmax(axis=1), trained.cam_layer)
@@ -38,7 +43,8 @@ def field_of_view(ds: Dataset, i: int, prep: Preprocessing) -> np.ndarray:
 
 def network_outputs(trained: TrainedModel, ds: Dataset, timing: dict[str, float]
                     ) -> tuple[np.ndarray, np.ndarray | None, list[np.ndarray], list[np.ndarray]]:
-    """Per-slice probabilities, pooled features (stack models), fields of view and Grad-CAMs of every row."""
+    """Per-slice probabilities, pooled features (stack models) or slice features (segmentation runs), fields of view
+    and Grad-CAMs (or predicted label maps) of every row."""
     n = len(ds.rows)
     proba = np.zeros((n, len(trained.classes)), dtype=np.float64)
     features: list[np.ndarray] = []
@@ -56,7 +62,7 @@ def network_outputs(trained: TrainedModel, ds: Dataset, timing: dict[str, float]
         timing["predict_cam_s"] += time.perf_counter() - t1
         proba[start:start + len(idx)] = p
         if f is not None:
-            features.append(f)
+            features.append(describe(ds, np.asarray(idx), f, trained.prep) if trained.segments else f)
         cams += list(c)
     return proba, np.concatenate(features) if features else None, views, cams
 
@@ -69,6 +75,8 @@ def decided_labels(trained: TrainedModel, ds: Dataset, proba: np.ndarray,
         from ..stack import predict_stacks
         every = np.arange(len(proba))
         proba = predict_stacks(trained.stack, ds, every, features, every, len(trained.classes))
+    if trained.segments:
+        proba = trained.range_model.predict_proba(stack_features(features, ds.rows))
     return proba, trained.decoding.apply(proba, ds.rows)
 
 

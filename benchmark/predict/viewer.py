@@ -35,7 +35,7 @@ class PredictionViewer:
         extra = (f"\nstack {self.index + 1}/{len(self.stacks)}: left/right change stack, c Grad-CAM "
                  f"{'off' if self.show_cam else 'on'}, q close")
         draw_stack(self.fig, stack, self.trained.classes, "cam" if self.show_cam else "image",
-                   stack_title(stack, self.trained, extra))
+                   stack_title(stack, self.trained, extra), self.trained.segments)
         self.fig.canvas.draw_idle()
 
     def _on_key(self, event) -> None:
