@@ -13,12 +13,22 @@ SRC layouts
              split             copied to the manifest (`test` rows are the benchmark's held-out set), one value per
                                patient;
              pixel_spacing_mm  one value per stack (else DICOM PixelSpacing where there is one, else empty);
+             mask              the image's segmentation mask (a .png path like `path`; empty: none), instead of
+                               --masks;
              anything else     copied to the manifest verbatim as an extra column (e.g. a regression target).
 
 Images: PNG/JPEG (read unchanged, 8 or 16 bit; colour is converted to grey: exactly when the channels are equal,
 else as luma, counted in the warnings), DICOM (stored pixel values, no rescale or windowing; only PixelSpacing is
 read from the header) and .npy (2-D). Sizes and bit depths may differ between images; each is written losslessly at
 its own size and type.
+
+Masks (optional): --masks DIR holds one 8-bit PNG per image at the image's path below SRC (or its CSV path, when
+relative) with the image's stem and a .png extension (any case), e.g. DIR/IN/syn003_ED_4.png for
+SRC/IN/syn003_ED_4.dcm; or the CSV's mask column names each file. A mask has the image's shape and codes
+0 (background), 1 (RV cavity), 2 (LV myocardium), 3 (LV cavity); anything else refuses the import naming the mask
+file. Images without a mask file get none (the manifest's mask column is empty). --mask-structures says which
+structures the masks label (default: those whose codes occur in them), so that a structure not labelled is not
+read as background.
 
 Without frame/slice columns every image is its own stack of one slice: (patient, frame) must be unique, so frame is
 a running index 0, 1, ... over each patient's images, in path order (folder) or row order (CSV); `source` keeps the
@@ -51,11 +61,13 @@ from tqdm import tqdm
 
 from .dicom_io import DICOM_SUFFIXES, print_warnings, read_dicom
 from .errors import DataPrepError
-from .manifest import OVERWRITE_HELP, REQUIRED_COLUMNS, Stack, check_out_dir, write_dataset
+from .manifest import (MASK_CODES, MASK_COLUMN, OVERWRITE_HELP, REQUIRED_COLUMNS, Stack, check_out_dir, load_mask,
+                       write_dataset)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".npy", *DICOM_SUFFIXES})
 RESERVED = frozenset(REQUIRED_COLUMNS) - {"patient", "frame", "slice", "label", "pixel_spacing_mm"}
-SPECIAL = ("path", "patient", "label", "frame", "slice", "split", "pixel_spacing_mm")
+SPECIAL = ("path", "patient", "label", "frame", "slice", "split", "pixel_spacing_mm", MASK_COLUMN)
+MASK_SUFFIX = ".png"  # lossless 8-bit; a JPEG mask would hold codes its compression invented
 SHOW = 5  # file names listed in a warning before "..."
 
 
@@ -73,6 +85,7 @@ class Entry:
     spacing: str = ""
     extra: dict[str, str] = field(default_factory=dict)
     regex_target: str = ""             # what --patient-regex is searched in
+    mask: Path | None = None
 
 
 class Pixels(NamedTuple):
@@ -244,12 +257,85 @@ def scan_csv(csv: Path, patient_from_path: bool) -> tuple[list[Entry], list[str]
         seen[key] = i + 2
         entries.append(Entry(
             path=path, name=name, label=row["label"], regex_target=name,
+            mask=_csv_mask(csv.parent, row[MASK_COLUMN], where) if row.get(MASK_COLUMN) else None,
             patient="" if patient_from_path else _check_id(row["patient"], "patient", where),
             frame=_check_id(row["frame"], "frame", where) if stacked else None,
             slice=_int_slice(row["slice"], where) if stacked else None,
             split=row.get("split"), spacing=row.get("pixel_spacing_mm", ""),
             extra={c: row[c] for c in extras}))
     return entries, extras
+
+
+def _csv_mask(folder: Path, name: str, where: str) -> Path:
+    path = Path(name) if Path(name).is_absolute() else folder / name
+    if path.suffix.lower() != MASK_SUFFIX:
+        raise DataPrepError(f"{where}: mask {name}: expected a {MASK_SUFFIX} file (8-bit, lossless)")
+    if not path.is_file():
+        raise DataPrepError(f"{where}: mask file not found: {path}")
+    return path
+
+
+def match_masks(entries: list[Entry], folder: Path) -> list[str]:
+    """Set each entry's mask from --masks DIR: the .png (any case) with the image's stem at the image's path below
+    SRC (or its relative CSV path). Returns the warnings for dataset.json (mask files that match no image)."""
+    if not folder.is_dir():
+        raise DataPrepError(f"--masks {folder}: not a folder")
+    found: dict[tuple[str, str], list[Path]] = defaultdict(list)
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(f for f in files if not f.startswith(".")):
+            path = Path(root) / name
+            if path.suffix.lower() == MASK_SUFFIX:
+                found[(path.parent.relative_to(folder).as_posix(), path.stem)].append(path)
+    used: dict[Path, str] = {}
+    for e in entries:
+        rel = Path(e.name)
+        if rel.is_absolute():
+            raise DataPrepError(f"--masks {folder}: image {e.name} is given by an absolute path, so no mask path "
+                                f"follows from it; name the masks in a mask column of the CSV instead")
+        hits = found.get((rel.parent.as_posix(), rel.stem), [])
+        if len(hits) > 1:
+            raise DataPrepError(f"--masks {folder}: {hits[0].name} and {hits[1].name} are both the mask of {e.name}")
+        if hits and hits[0] in used:
+            raise DataPrepError(f"{hits[0]}: the mask of both {used[hits[0]]} and {e.name} (images that differ only "
+                                f"in their extension need masks in a CSV mask column)")
+        if hits:
+            used[hits[0]] = e.name
+            e.mask = hits[0]
+    if not used:
+        raise DataPrepError(f"--masks {folder}: no mask file matches an image (the mask of {entries[0].name} would be "
+                            f"{folder / Path(entries[0].name).with_suffix(MASK_SUFFIX)})")
+    orphans = [str(p.relative_to(folder)) for hits in found.values() for p in hits if p not in used]
+    return [_summarise(f"--masks: {len(orphans)} mask file(s) match no image", orphans)] if orphans else []
+
+
+def parse_mask_structures(text: str | None) -> tuple[str, ...] | None:
+    """--mask-structures as keys of MASK_CODES, in MASK_CODES order (None when not given)."""
+    if text is None:
+        return None
+    names = [c.strip() for c in text.split(",")]
+    unknown = [n for n in names if n not in MASK_CODES]
+    if unknown:
+        raise DataPrepError(f"--mask-structures {text!r}: {unknown[0]!r} is not one of {', '.join(MASK_CODES)}")
+    dup = sorted(c for c, k in Counter(names).items() if k > 1)
+    if dup:
+        raise DataPrepError(f"--mask-structures {text!r}: {dup[0]} is listed twice")
+    return tuple(k for k in MASK_CODES if k in names)
+
+
+def _mask_codes(e: Entry, shape: tuple[int, ...], structures: tuple[str, ...] | None) -> set[int]:
+    """The structure codes in an entry's mask, checked against its image's shape and --mask-structures."""
+    try:
+        mask = load_mask(e.mask, shape)
+    except DataPrepError as exc:
+        raise DataPrepError(f"{exc} (the mask of {e.name})") from None
+    codes = set(np.unique(mask).tolist()) - {0}
+    if structures is not None:
+        left_out = sorted(codes - {MASK_CODES[k] for k in structures})
+        if left_out:
+            raise DataPrepError(f"{e.mask}: mask codes {left_out} label structures that --mask-structures "
+                                f"{','.join(structures)} leaves out (the mask of {e.name})")
+    return codes
 
 
 def resolve_classes(labels: Sequence[str], given: list[str] | None, sort: bool, where: str) -> list[str]:
@@ -398,18 +484,23 @@ def _checked_stacks(entries: list[Entry], where: str) -> list[list[Entry]]:
     return stacks
 
 
-def _check_images(entries: list[Entry]) -> tuple[dict[Path, Pixels], dict[Path, str]]:
-    """Every file read once: (readable files with their spacing and colour flag, unreadable files with the reason).
-    The pixels are dropped, so that memory stays small; they are read again when the stacks are written."""
+def _check_images(entries: list[Entry], structures: tuple[str, ...] | None
+                  ) -> tuple[dict[Path, Pixels], dict[Path, str], set[int]]:
+    """Every file read once: (readable files with their spacing and colour flag, unreadable files with the reason,
+    the structure codes found in the masks of the readable ones, each mask checked against its image). The pixels
+    are dropped, so that memory stays small; they are read again when the stacks are written."""
     pixels: dict[Path, Pixels] = {}
     bad: dict[Path, str] = {}
+    codes: set[int] = set()
     for e in tqdm(entries, desc="checking images", unit="image"):
         got = read_pixels(e.path)
         if isinstance(got, str):
             bad[e.path] = got
-        else:
-            pixels[e.path] = Pixels(np.empty(0), got.spacing_mm, got.colour)
-    return pixels, bad
+            continue
+        pixels[e.path] = Pixels(np.empty(0), got.spacing_mm, got.colour)
+        if e.mask is not None:
+            codes |= _mask_codes(e, got.image.shape, structures)
+    return pixels, bad, codes
 
 
 def _readable_stacks(entries: list[Entry], stacks: list[list[Entry]], bad: dict[Path, str], class_list: list[str],
@@ -439,8 +530,10 @@ def _colour_notes(stacks: list[list[Entry]], pixels: dict[Path, Pixels]) -> list
     return [_summarise(f"{len(colour)} colour image(s) converted to grey (luma)", colour)] if colour else []
 
 
-def _read_stacks(plan: list[tuple[list[Entry], float | None]], extras: list[str]) -> Iterator[Stack]:
-    """The stacks with their pixels, read again one stack at a time (each with its pixel spacing from `plan`)."""
+def _read_stacks(plan: list[tuple[list[Entry], float | None]], extras: list[str], with_masks: bool
+                 ) -> Iterator[Stack]:
+    """The stacks with their pixels (and masks), read again one stack at a time (each with its pixel spacing from
+    `plan`)."""
     for stack, spacing in tqdm(plan, desc="writing stacks", unit="stack"):
         images = []
         for e in stack:
@@ -449,15 +542,17 @@ def _read_stacks(plan: list[tuple[list[Entry], float | None]], extras: list[str]
                 raise DataPrepError(f"{got} (it was readable a moment ago: did the file change?)")
             images.append(got.image)
         first = stack[0]
+        masks = [None if e.mask is None else load_mask(e.mask, img.shape) for e, img in zip(stack, images)]
         yield Stack(patient=first.patient, frame=first.frame, images=images,
                     labels=[e.label for e in stack], sources=[e.name for e in stack],
                     pixel_spacing_mm=spacing, split=first.split,
-                    extra={c: [e.extra[c] for e in stack] for c in extras})
+                    extra={c: [e.extra[c] for e in stack] for c in extras}, masks=masks if with_masks else None)
 
 
 def build(src: str | os.PathLike, out: str | os.PathLike, *, patient_regex: str | None = None,
           no_groups: bool = False, classes: str | None = None, dataset: str | None = None,
-          overwrite: bool = False) -> Path:
+          overwrite: bool = False, masks: str | os.PathLike | None = None,
+          mask_structures: str | None = None) -> Path:
     """Import an image set (see the module docstring) into the dataset directory `out`; returns its path."""
     src = Path(src)
     is_csv = _is_csv(src)
@@ -465,24 +560,44 @@ def build(src: str | os.PathLike, out: str | os.PathLike, *, patient_regex: str 
         raise DataPrepError("--patient-regex and --no-groups exclude each other")
     rx = compile_regex(patient_regex)
     given = parse_classes(classes)
+    structures = parse_mask_structures(mask_structures)
     entries, extras = _scan(src, is_csv, rx, no_groups)
+    mask_notes = []
+    if masks is not None:
+        if any(e.mask is not None for e in entries):
+            raise DataPrepError(f"{src}: has a {MASK_COLUMN} column; drop --masks or the column")
+        mask_notes = match_masks(entries, Path(masks))
+    with_masks = any(e.mask is not None for e in entries)
+    if structures is not None and not with_masks:
+        raise DataPrepError(f"--mask-structures {mask_structures}: {src} has no masks (give --masks DIR, or a "
+                            f"{MASK_COLUMN} column in the CSV)")
     # a CSV may list images anywhere, so each one is an input --out must not overlap; checked before reading
-    inputs = [src, *(e.path for e in entries)]
+    inputs = [src, *(e.path for e in entries), *([masks] if masks is not None else []),
+              *(e.mask for e in entries if e.mask is not None)]
     check_out_dir(out, overwrite, inputs)
-    notes = _assign_patients(entries, src, rx, no_groups)
+    notes = _assign_patients(entries, src, rx, no_groups) + mask_notes
     where = str(src)
     class_list = resolve_classes([e.label for e in entries], given, sort=not is_csv, where=where)
     stacks = _checked_stacks(entries, where)
-    pixels, bad = _check_images(entries)
+    pixels, bad, codes = _check_images(entries, structures)
     kept, skipped = _readable_stacks(entries, stacks, bad, class_list, where)
     notes += skipped + _colour_notes(kept, pixels)
     plan = [(s, _stack_spacing(s, pixels, where)) for s in kept]
-    print_warnings("images", notes)
     options = {"layout": "csv" if is_csv else "folders", "patient_regex": patient_regex, "no_groups": no_groups,
                "classes": given, "n_files": len(entries), "n_skipped": len(bad)}
+    if with_masks:
+        if structures is None:
+            structures = tuple(k for k, code in MASK_CODES.items() if code in codes)
+        if not structures:
+            raise DataPrepError(f"{masks or src}: every mask is empty (all background); give --mask-structures to "
+                                f"say which structures they label")
+        options.update(masks=str(masks) if masks is not None else f"{MASK_COLUMN} column",
+                       mask_structures=mask_structures)
+    print_warnings("images", notes)
     root = (src.parent if is_csv else src).resolve()
-    return write_dataset(out, dataset or root.name, _read_stacks(plan, extras), source=str(src), options=options,
-                         warnings=notes, classes=class_list, overwrite=overwrite, inputs=inputs)
+    return write_dataset(out, dataset or root.name, _read_stacks(plan, extras, with_masks), source=str(src),
+                         options=options, warnings=notes, classes=class_list, overwrite=overwrite, inputs=inputs,
+                         mask_structures=structures if with_masks else ())
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -504,9 +619,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", metavar="NAME",
                         help="value of the manifest's dataset column "
                              "(default: the name of SRC, or of the CSV's folder)")
+    parser.add_argument("--masks", metavar="DIR", type=Path,
+                        help="segmentation masks: DIR/<the image's path below SRC, or its relative CSV path, with "
+                             "the extension .png>, 8-bit, the image's shape, codes 0 background, "
+                             + ", ".join(f"{code} {name}" for name, code in MASK_CODES.items())
+                             + "; images without one get none (or name each in a CSV column mask)")
+    parser.add_argument("--mask-structures", metavar="NAME[,NAME...]",
+                        help="the structures the masks label, from " + ", ".join(MASK_CODES) + " (default: those "
+                             "whose codes occur in the masks; give it when a labelled structure may be absent from "
+                             "every mask)")
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
 def run(args: argparse.Namespace) -> Path:
     return build(args.src, args.out, patient_regex=args.patient_regex, no_groups=args.no_groups,
-                 classes=args.classes, dataset=args.dataset, overwrite=args.overwrite)
+                 classes=args.classes, dataset=args.dataset, overwrite=args.overwrite, masks=args.masks,
+                 mask_structures=args.mask_structures)

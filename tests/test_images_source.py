@@ -15,7 +15,8 @@ from dicom_factory import write_dicom
 from data_prep import images, synthetic
 from data_prep.__main__ import main
 from data_prep.errors import DataPrepError
-from data_prep.manifest import dataset_classes, load_image, read_dataset_json, read_manifest
+from data_prep.manifest import (dataset_classes, load_image, load_mask, mask_structures, read_dataset_json,
+                                read_manifest)
 
 REGEX = r"^(syn\d+)_"
 
@@ -388,6 +389,167 @@ def test_dataset_json_is_valid_json(small_tree, tmp_path):
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["dataset"] == "mine" and meta["options"]["layout"] == "folders"
     assert (read_manifest(out)["dataset"] == "mine").all()
+
+
+# ----------------------------------------------------------------------------------------------- masks
+
+def hand_mask(shape=(6, 8)):
+    """Myocardium along row 0 (8 pixels), cavity in rows 2..3 x columns 3..5 (6 pixels), the rest background."""
+    mask = np.zeros(shape, np.uint8)
+    mask[0, :] = 2
+    mask[2:4, 3:6] = 3
+    return mask
+
+
+def masked_tree(tmp_path: Path) -> tuple[Path, Path]:
+    """SRC/A/p1_0.png, SRC/A/p1_1.dcm, SRC/B/p2_0.png, SRC/B/p2_1.npy (6 x 8 each) and masks for p1_0 (hand_mask)
+    and p2_1 (cavity only, 4 pixels, upper-case extension) at their paths below SRC; p1_1 and p2_0 have none."""
+    src, masks = tmp_path / "src", tmp_path / "masks"
+    for folder in (src / "A", src / "B", masks / "A", masks / "B"):
+        folder.mkdir(parents=True)
+    img = np.arange(48, dtype=np.uint16).reshape(6, 8)
+    cv2.imwrite(str(src / "A" / "p1_0.png"), img)
+    write_dicom(src / "A" / "p1_1.dcm", img + 1)
+    cv2.imwrite(str(src / "B" / "p2_0.png"), img + 2)
+    np.save(src / "B" / "p2_1.npy", (img + 3).astype(np.float32))
+    cv2.imwrite(str(masks / "A" / "p1_0.png"), hand_mask())
+    cavity = np.zeros((6, 8), np.uint8)
+    cavity[5, 4:] = 3
+    cv2.imwrite(str(masks / "B" / "p2_1.PNG"), cavity)
+    return src, masks
+
+
+def test_masks_folder_beside_a_folder_tree(tmp_path, capsys):
+    src, masks = masked_tree(tmp_path)
+    cv2.imwrite(str(masks / "A" / "p9_0.png"), hand_mask())  # no image p9_0: warned
+    assert run_cli("images", src, "--out", tmp_path / "ds", "--patient-regex", r"^(p\d)_", "--masks", masks) == 0
+    out = tmp_path / "ds"
+    df = read_manifest(out).set_index("source")
+    assert df.loc["A/p1_1.dcm", "mask"] == df.loc["B/p2_0.png", "mask"] == ""
+    got = load_mask(out / df.loc["A/p1_0.png", "mask"], (6, 8))
+    np.testing.assert_array_equal(got, hand_mask())
+    assert (got == 2).sum() == 8 and (got == 3).sum() == 6 and (got == 1).sum() == 0
+    got = load_mask(out / df.loc["B/p2_1.npy", "mask"], (6, 8))
+    assert (got == 3).sum() == 4 and got[5, 4:].tolist() == [3] * 4 and (got != 3).sum() == 44
+    # the codes found say which structures are labelled: no RV here
+    assert mask_structures(out) == ("lv_myocardium", "lv_cavity")
+    meta = read_dataset_json(out)
+    assert meta["options"]["masks"] == str(masks) and meta["options"]["mask_structures"] is None
+    assert meta["warnings"] == ["--masks: 1 mask file(s) match no image: A/p9_0.png"]
+    assert "1 mask file(s) match no image" in capsys.readouterr().err
+    # given, the structures are kept as given (in MASK_CODES order), RV included though no mask holds it
+    images.build(src, tmp_path / "ds3", patient_regex=r"^(p\d)_", masks=masks,
+                 mask_structures="lv_cavity,rv_cavity,lv_myocardium")
+    assert mask_structures(tmp_path / "ds3") == ("rv_cavity", "lv_myocardium", "lv_cavity")
+
+
+def test_without_masks_there_is_no_mask_column(tmp_path):
+    src, _ = masked_tree(tmp_path)
+    out = images.build(src, tmp_path / "ds", patient_regex=r"^(p\d)_")
+    assert "mask" not in read_manifest(out).columns and not (out / "masks").exists()
+    assert mask_structures(out) == () and "masks" not in read_dataset_json(out)["options"]
+
+
+def test_masks_from_a_csv_column_or_a_masks_folder(tmp_path):
+    src, masks = masked_tree(tmp_path)
+    csv = tmp_path / "set.csv"
+    csv.write_text("path,patient,label,mask\n"
+                   "src/A/p1_0.png,p1,A,masks/A/p1_0.png\n"
+                   f"src/B/p2_1.npy,p2,B,{masks / 'B' / 'p2_1.PNG'}\n"  # absolute
+                   "src/B/p2_0.png,p2,B,\n")
+    df = read_manifest(images.build(csv, tmp_path / "ds")).set_index("source")
+    np.testing.assert_array_equal(load_mask(tmp_path / "ds" / df.loc["src/A/p1_0.png", "mask"]), hand_mask())
+    assert (load_mask(tmp_path / "ds" / df.loc["src/B/p2_1.npy", "mask"]) == 3).sum() == 4
+    assert df.loc["src/B/p2_0.png", "mask"] == ""
+    assert read_dataset_json(tmp_path / "ds")["options"]["masks"] == "mask column"
+    # the same masks by --masks: the CSV's relative paths below the masks folder (masks/src/...)
+    shutil.copytree(masks, tmp_path / "m2" / "src")
+    csv.write_text("path,patient,label\nsrc/A/p1_0.png,p1,A\nsrc/B/p2_1.npy,p2,B\nsrc/B/p2_0.png,p2,B\n")
+    df2 = read_manifest(images.build(csv, tmp_path / "ds2", masks=tmp_path / "m2")).set_index("source")
+    for name in ("src/A/p1_0.png", "src/B/p2_1.npy"):
+        np.testing.assert_array_equal(load_mask(tmp_path / "ds2" / df2.loc[name, "mask"]),
+                                      load_mask(tmp_path / "ds" / df.loc[name, "mask"]))
+    assert df2.loc["src/B/p2_0.png", "mask"] == ""
+
+
+def _bad_shape(masks):
+    cv2.imwrite(str(masks / "A" / "p1_0.png"), np.zeros((6, 9), np.uint8))
+    return {}, r"p1_0.png: mask of uint8 \(6, 9\) for an image of \(6, 8\).*\(the mask of A/p1_0.png\)"
+
+
+def _bad_depth(masks):
+    cv2.imwrite(str(masks / "A" / "p1_0.png"), hand_mask().astype(np.uint16))
+    return {}, r"p1_0.png: mask of uint16"
+
+
+def _bad_code(masks):
+    mask = hand_mask()
+    mask[5, 0] = 4
+    cv2.imwrite(str(masks / "A" / "p1_0.png"), mask)
+    return {}, r"p1_0.png: mask codes \[4\] outside"
+
+
+def _bad_colour(masks):
+    cv2.imwrite(str(masks / "A" / "p1_0.png"), np.dstack([hand_mask()] * 3))
+    return {}, r"p1_0.png: expected a 2-D mask"
+
+
+def _bad_truncated(masks):
+    path = masks / "A" / "p1_0.png"
+    path.write_bytes(path.read_bytes()[:20])
+    return {}, r"unreadable or truncated mask file .*p1_0.png"
+
+
+def _structure_left_out(masks):
+    return {"mask_structures": "lv_cavity"}, (r"p1_0.png: mask codes \[2\] label structures that --mask-structures "
+                                              r"lv_cavity leaves out")
+
+
+def _unknown_structure(masks):
+    return {"mask_structures": "lv_cavity,aorta"}, r"'aorta' is not one of rv_cavity, lv_myocardium, lv_cavity"
+
+
+def _all_empty(masks):
+    for path in masks.rglob("*.*"):
+        cv2.imwrite(str(path), np.zeros((6, 8), np.uint8))
+    return {}, r"every mask is empty .* give --mask-structures"
+
+
+def _no_match(masks):
+    for path in masks.rglob("*.*"):
+        path.rename(path.with_name("x" + path.name))
+    return {}, r"--masks .*: no mask file matches an image \(the mask of A/p1_0.png would be .*A/p1_0.png\)"
+
+
+def _two_matches(masks):
+    cv2.imwrite(str(masks / "A" / "p1_0.PNG"), hand_mask())
+    if len(list((masks / "A").iterdir())) == 1:
+        pytest.skip("a case-insensitive file system holds one of p1_0.png and p1_0.PNG")
+    return {}, r"p1_0.PNG and p1_0.png are both the mask of A/p1_0.png|p1_0.png and p1_0.PNG are both"
+
+
+@pytest.mark.parametrize("breaker", [_bad_shape, _bad_depth, _bad_code, _bad_colour, _bad_truncated,
+                                     _structure_left_out, _unknown_structure, _all_empty, _no_match, _two_matches],
+                         ids=lambda f: f.__name__.removeprefix("_"))
+def test_bad_masks_are_refused_naming_the_file(tmp_path, breaker):
+    src, masks = masked_tree(tmp_path)
+    kwargs, message = breaker(masks)
+    with pytest.raises(DataPrepError, match=message):
+        images.build(src, tmp_path / "ds", patient_regex=r"^(p\d)_", masks=masks, **kwargs)
+    assert not (tmp_path / "ds").exists()
+
+
+@pytest.mark.parametrize("text, kwargs, message", [
+    ("path,patient,label,mask\na.png,p1,X,m.jpg\nb.png,p2,Y,\n", {}, r"row 2: mask m.jpg: expected a .png file"),
+    ("path,patient,label,mask\na.png,p1,X,m.png\nb.png,p2,Y,\n", {}, r"row 2: mask file not found: .*m.png"),
+    ("path,patient,label,mask\na.png,p1,X,c.png\nb.png,p2,Y,\n", {"masks": "."}, "has a mask column; drop --masks"),
+    (CSV_OK, {"mask_structures": "lv_cavity"}, "--mask-structures lv_cavity: .* has no masks"),
+    (CSV_OK, {"masks": "nowhere"}, "--masks nowhere: not a folder"),
+])
+def test_bad_mask_options_in_a_csv(tmp_path, text, kwargs, message):
+    with pytest.raises(DataPrepError, match=message):
+        images.build(csv_file(tmp_path, text), tmp_path / "ds", **kwargs)
+    assert not (tmp_path / "ds").exists()
 
 
 def benchmark_run(data: Path, out: Path) -> pd.DataFrame:
