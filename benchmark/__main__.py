@@ -121,12 +121,20 @@ def check_weights_file(path: str, option: str | None) -> None:
 
 
 def check_cache_dir(path: Path) -> None:
-    """--cache-dir must be, or be creatable as, a directory (the feature pass would fail on it only after minutes)."""
+    """--cache-dir must be, or be creatable as, a directory this process can write in (the feature pass would fail
+    on it only after the data was read, and every job after it)."""
+    import tempfile
+
     from .errors import BenchmarkInputError
     existing = next(p for p in [path, *path.absolute().parents] if p.exists())
+    which = "it" if existing == path else existing
     if not existing.is_dir():
-        raise BenchmarkInputError(f"--cache-dir {path}: {'it' if existing == path else existing} is a file, not a "
-                                  f"directory")
+        raise BenchmarkInputError(f"--cache-dir {path}: {which} is a file, not a directory")
+    try:  # a probe rather than os.access, which a read-only file system, ACLs and root all answer wrongly
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise BenchmarkInputError(f"--cache-dir {path}: {which} is not writable ({exc.strerror})") from None
 
 
 def dataset_dirs(text: str) -> list[Path]:
@@ -162,10 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.offline:  # the environment, so that worker processes see it too
         from .weights import OFFLINE_ENV
         os.environ[OFFLINE_ENV] = "1"
-    from .tf_quiet import quiet_tensorflow
-    quiet_tensorflow()  # before the registry brings TensorFlow in
     from .errors import USER_ERRORS
+    from .tf_quiet import quiet_tensorflow
     try:
+        quiet_tensorflow()  # before the registry brings TensorFlow in
         return _run(args)
     except USER_ERRORS as exc:
         print(f"benchmark: error: {exc}", file=sys.stderr)

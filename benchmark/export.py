@@ -98,10 +98,10 @@ def main(argv: list[str] | None = None) -> int:
                         "'.[onnx]')")
     p.add_argument("--out", type=Path, help="where the export goes (default RUN/export_<format>)")
     args = p.parse_args(argv)
-    from .tf_quiet import quiet_tensorflow
-    quiet_tensorflow()
     from .errors import BenchmarkInputError
+    from .tf_quiet import quiet_tensorflow
     try:
+        quiet_tensorflow()
         target = export(args.run, args.format, args.out)
     except BenchmarkInputError as exc:
         print(f"benchmark export: error: {exc}", file=sys.stderr)

@@ -34,7 +34,14 @@ def make_experiment(data: Path, profile: Profile, seed: int, out: Path, weights:
                     cache_dir: Path | None = None, input_kind: str = "2d", task: str = "classification",
                     target: str | None = None, head: str | None = None) -> Experiment:
     ds, test_ds, pool, test, desc = _load_split(data, seed, test_data, test_fraction, target, profile.n_folds)
-    exp = Experiment(ds=ds, pool=pool, test=test, folds=make_folds(ds, pool, profile.n_folds, seed), profile=profile,
+    try:
+        folds = make_folds(ds, pool, profile.n_folds, seed)
+    except BenchmarkInputError as exc:
+        if test_fraction is None:
+            raise
+        raise BenchmarkInputError(f"--test-fraction {test_fraction:g} ({ds.rows.patient.iloc[pool].nunique()} "
+                                  f"training patients left): {exc}; a smaller --test-fraction leaves more") from None
+    exp = Experiment(ds=ds, pool=pool, test=test, folds=folds, profile=profile,
                      seed=seed, out=out, cache_dir=cache_dir or out / "cache", weights=weights, use_cache=use_cache,
                      test_ds=test_ds, data_desc=desc, input_kind=input_kind,
                      task=_task(task, ds, target, pool))

@@ -37,7 +37,7 @@ import signal
 import sys
 import time
 import traceback
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -260,6 +260,9 @@ class Executor:
     def close(self, cancel: bool = False) -> None:
         """Release workers; with cancel, jobs in flight are abandoned (their markers were never written)."""
 
+    def use_at_most(self, jobs: int) -> None:
+        """Told, before a grid's first submit, how many of its jobs can ever run at once."""
+
     def __enter__(self) -> "Executor":
         return self
 
@@ -291,14 +294,24 @@ class InProcess(Executor):
 
 
 class ProcessPool(Executor):
+    """Worker processes, started at the first submit: each loads TensorFlow, so no more start than can work."""
+
     def __init__(self, workers: int) -> None:
-        import multiprocessing
         self.slots = workers
-        # spawn, not fork: TensorFlow's thread pools do not survive a fork
-        self.pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_quiet_worker)
+        self.pool = None
         self.done: queue.Queue = queue.Queue()
 
+    def use_at_most(self, jobs: int) -> None:
+        if self.pool is None and jobs < self.slots:
+            LOG.info(f"--workers {self.slots}: at most {jobs} job(s) can run at once here, so {max(1, jobs)} worker "
+                     f"process(es) start")
+            self.slots = max(1, jobs)
+
     def submit(self, exp, job):
+        if self.pool is None:
+            import multiprocessing
+            # spawn, not fork: TensorFlow's thread pools do not survive a fork
+            self.pool = multiprocessing.get_context("spawn").Pool(self.slots, initializer=_quiet_worker)
         self.pool.apply_async(_pool_execute, (exp, job), callback=lambda s: self.done.put((job, s)),
                               error_callback=lambda e: self.done.put((job, e)))
 
@@ -306,6 +319,8 @@ class ProcessPool(Executor):
         yield self.done.get()
 
     def close(self, cancel=False):
+        if self.pool is None:
+            return
         if cancel:
             self.pool.terminate()
         else:
@@ -380,6 +395,7 @@ def run_jobs(exp: Experiment, pairs: list[tuple[str, int]], executor: Executor, 
     inflight: set[Job] = set()
     todo = [j for j in graph if j not in done]
     total, n_done = len(todo), 0
+    executor.use_at_most(_widest(graph, todo))
     for name, complete in finished.items():
         if complete:
             LOG.info(f"{name}: finished earlier ({_scores(exp, name)}), skipped")
@@ -425,6 +441,17 @@ def run_jobs(exp: Experiment, pairs: list[tuple[str, int]], executor: Executor, 
     for name, error in failed.items():
         atomic.write_text(exp.out / name / ERROR, error)
     return sorted(failed)
+
+
+def _widest(graph: "OrderedDict[Job, tuple[Job, ...]]", todo: list[Job]) -> int:
+    """The most of `todo` that can run at once: jobs started as soon as their needs are done, each taking one step
+    (the graph lists a job after its needs)."""
+    step: dict[Job, int] = {}
+    pending = set(todo)
+    for job in graph:
+        if job in pending:
+            step[job] = 1 + max((step[d] for d in graph[job] if d in step), default=0)
+    return max(Counter(step.values()).values(), default=0)
 
 
 def _runs(exp: Experiment, graph: "OrderedDict[Job, tuple[Job, ...]]") -> list[RunSpec | StackRun | SegmentRun]:

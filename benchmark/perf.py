@@ -69,14 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-fraction", type=float, help="--plan: as for python -m benchmark (default: the manifest's "
                                                         "split column, else the profile's)")
     args = p.parse_args(argv)
+    from .errors import exit_on_user_error
     from .tf_quiet import quiet_tensorflow
-    quiet_tensorflow()
-    if args.feature_pass:
-        return feature_pass_sweep(args)
-    if args.plan:
-        from .errors import exit_on_user_error
-        return exit_on_user_error("benchmark perf", lambda: plan_command(args))
 
+    def run() -> int:
+        quiet_tensorflow()
+        return (feature_pass_sweep if args.feature_pass else plan_command if args.plan else compare_paths)(args)
+    return exit_on_user_error("benchmark perf", run)
+
+
+def compare_paths(args: argparse.Namespace) -> int:
+    """The default: the per-epoch and the cached path on the same CV work, one line per depth."""
     from .data import synthetic_default
     from .grid import make_experiment
     from .profiles import get_profile

@@ -265,6 +265,13 @@ def _(c: Ctx) -> Case:
     return Case("benchmark", c.bench("--data", str(data)), ("class rare has no training slice", "fewer folds"))
 
 
+@case("benchmark/test_fraction_leaves_a_class_out_of_the_folds")
+def _(c: Ctx) -> Case:
+    data = rare_class_dataset(c.tmp)
+    return Case("benchmark", c.bench("--data", str(data), "--test-fraction", "0.75"),
+                ("--test-fraction 0.75 (2 training patients left): ", "rare", "a smaller --test-fraction leaves more"))
+
+
 @case("benchmark/test_data_with_other_classes")
 def _(c: Ctx) -> Case:
     other = rare_class_dataset(c.tmp)

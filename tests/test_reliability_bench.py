@@ -206,3 +206,56 @@ def test_export_of_a_run_without_a_model_says_what_export_needs(results_small, c
     assert export_main([str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert "export takes a run directory" in err and "--model" not in err and "reference" not in err, err
+
+
+def test_an_unwritable_cache_dir_is_refused_naming_the_option():
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from benchmark.__main__ import check_cache_dir
+    base = Path(tempfile.mkdtemp())
+    base.chmod(0o755)  # reachable by the other user below
+    locked = base / "locked"
+    locked.mkdir(mode=0o555)
+    root = os.geteuid() == 0
+    try:
+        if root:  # root writes anywhere: be someone else for the probe
+            os.seteuid(65534)
+        with pytest.raises(BenchmarkInputError) as err:
+            check_cache_dir(locked / "cache")
+    finally:
+        if root:
+            os.seteuid(0)
+        shutil.rmtree(base)
+    assert str(err.value) == f"--cache-dir {locked / 'cache'}: {locked} is not writable (Permission denied)"
+
+
+def test_a_memory_limit_too_small_for_tensorflow_is_one_line(tmp_path):
+    import resource
+    import subprocess
+    import sys
+    limit = 2**30
+    proc = subprocess.run([sys.executable, "-m", "benchmark", "--backbone", "cbr_tiny", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"benchmark: error: TensorFlow cannot be loaded ({proc.stderr.split('(', 1)[1].split(')', 1)[0]}); this "
+        f"process may map at most 1 GiB of memory (ulimit -v 1048576), too little for TensorFlow: raise or lift the "
+        f"limit"], proc.stderr
+
+
+def test_more_workers_than_jobs_that_can_run_at_once_start_no_more(tiny_synthetic, tmp_path, capsys):
+    from benchmark.log import setup
+    exp = make_experiment(tiny_synthetic, quick(), 0, tmp_path / "out", "none", use_cache=True, test_fraction=0.25)
+    graph = jobs.build_graph(exp, [("cbr_tiny", 0)], fit_threads=False)
+    assert jobs._widest(graph, list(graph)) == 2  # its 2 CV folds; features, select, final and test one at a time
+    assert jobs._widest(graph, [j for j in graph if j.step in ("final", "test")]) == 1
+    pool = jobs.ProcessPool(8)
+    setup(0)
+    pool.use_at_most(2)
+    assert pool.slots == 2 and pool.pool is None  # nothing started before the first submit
+    assert "--workers 8: at most 2 job(s) can run at once here, so 2 worker process(es) start" in capsys.readouterr().out
+    pool.close()
