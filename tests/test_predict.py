@@ -345,3 +345,21 @@ def test_viewer_keys():
     assert not viewer.show_cam and images_per_tile() == 1
     key(fig, "x")  # other keys do nothing
     assert (viewer.index, viewer.show_cam) == (2, False)
+
+
+@pytest.mark.parametrize("side, refused", [(10, False), (5, True)])
+def test_images_of_a_few_pixels_are_refused_or_warned_of(run_dir, tmp_path, capsys, side, refused):
+    """A 32 px model: 10 px images (a 6 px crop, 5.3x) are predicted with a warning; 5 px (a 3 px crop, 10.7x) are
+    refused naming the stack, before the model is loaded."""
+    stack = Stack(patient="p", frame="0", labels=[""] * 3, pixel_spacing_mm=22.0,
+                  images=[disk(1 + k, n=side) for k in range(3)], sources=[f"s{k}" for k in range(3)])
+    data = write_dataset(tmp_path / "thumbs", "test", [stack], source="test")
+    rc, _, err = run_predict(capsys, "--model", run_dir, data, "--out", tmp_path / "o")
+    what = f"stack p frame 0: images of {side} x {side} px, 22 mm pixels, their centre crop enlarged"
+    if refused:
+        assert rc == 2 and err.strip().splitlines() == [
+            f"benchmark predict: error: {data}: {what} 10.7x to the model's 32 px input; at that scale the network "
+            f"sees interpolation, not anatomy, so nothing is predicted; give the study at its native resolution"]
+        assert not (tmp_path / "o" / "predictions.csv").exists()
+    else:
+        assert rc == 0 and f"warning: {what} 5.3x to the model's 32 px input" in err, err

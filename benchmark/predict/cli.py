@@ -22,7 +22,7 @@ from .load import (REFERENCE_MODEL, TrainedModel, check_reference, existing_mode
                    load_trained, read_model_json)
 from .network import predict_study
 from .outputs import PREDICTIONS, RANGES, check_out, stale_reports
-from .study import import_study, study_dataset, study_kind, study_name, study_orientation
+from .study import check_resolution, import_study, study_dataset, study_kind, study_name, study_orientation
 from .viewer import check_interactive, show
 
 PROG = "benchmark predict"
@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         root = study if kind == "dataset" else import_study(study, kind, Path(tmp) / "study", args.patient,
                                                             args.apex, args.allow_gaps)
         ds = study_dataset(root)
+        check_resolution(ds, prep)
         timing["read_study_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         trained = load_trained(model_dir, meta, prep)

@@ -22,17 +22,20 @@ say the order. For DICOM the two flags count "first" in acquisition order, as in
 from __future__ import annotations
 
 import argparse
+import sys
 import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from data_prep import dicom_io
 from data_prep.errors import DataPrepError
 from data_prep.manifest import MANIFEST, Stack, file_sha256, read_dataset_json, read_manifest, write_dataset
 
 from ..data import Dataset
+from ..preprocess import Preprocessing, crop_box
 from .load import SLICE_CLASSES
 from .outputs import safe_id
 
@@ -138,6 +141,32 @@ def study_dataset(root: Path) -> Dataset:
     ds = Dataset(root, rows, SLICE_CLASSES, file_sha256(root / MANIFEST))
     ds.check_images()
     return ds
+
+
+# How far a slice's centre crop may be enlarged to the model's input. The models learnt cine images of ~1-2 mm pixels,
+# enlarged 1.5-3x; beyond 4x a pixel spans several of the network's, and beyond 8x (a thumbnail, pixels of 10-20 mm)
+# the network sees interpolated blocks, not anatomy, and its OAP/IN/OBS calls mean nothing.
+ENLARGED_WARN, ENLARGED_REFUSE = 4.0, 8.0
+
+
+def check_resolution(ds: Dataset, prep: Preprocessing) -> None:
+    """Refuse a study whose crops the model would enlarge beyond ENLARGED_REFUSE, warn (one line per stack) beyond
+    ENLARGED_WARN."""
+    for (patient, frame), stack in ds.rows.groupby(["patient", "frame"], sort=False):
+        sides = {i: min(crop_box(ds.native(i).shape, prep.crop_fraction)[2:]) for i in stack.index}
+        smallest = min(sides, key=sides.get)
+        factor = prep.input_size / sides[smallest]
+        h, w = ds.native(smallest).shape[:2]
+        if factor <= ENLARGED_WARN:
+            continue
+        mm = stack["pixel_spacing_mm"].iloc[0] if "pixel_spacing_mm" in stack else None
+        spacing = f", {float(mm):.3g} mm pixels" if mm is not None and pd.notna(mm) else ""
+        what = (f"stack {patient} frame {frame}: images of {h} x {w} px{spacing}, their centre crop enlarged "
+                f"{factor:.1f}x to the model's {prep.input_size} px input")
+        if factor > ENLARGED_REFUSE:
+            raise DataPrepError(f"{ds.root}: {what}; at that scale the network sees interpolation, not anatomy, so "
+                                f"nothing is predicted; give the study at its native resolution")
+        print(f"warning: {what}; its predictions are less reliable than at native cine resolution", file=sys.stderr)
 
 
 def study_orientation(root: Path, kind: str) -> list[dict[str, Any]] | str:
