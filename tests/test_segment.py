@@ -3,6 +3,8 @@ loss's treatment of cavity-only masks, the range model, and one run end to end (
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -164,27 +166,25 @@ def test_range_model_by_hand_and_through_its_record():
 
 
 @pytest.fixture(scope="module")
-def masked_phantom(tmp_path_factory):
-    """A small phantom dataset with its masks (8 patients, 16 stacks)."""
+def unmasked_phantom(tmp_path_factory):
+    """The phantom's images and labels without its masks (4 patients)."""
     from data_prep import synthetic
 
     def stacks():
-        for k in range(8):
+        for k in range(4):
             anat, frames = synthetic.make_patient(5, k)
             for frame, ph in frames.items():
                 yield Stack(patient=f"syn{k:03d}", frame=frame, images=ph.images, labels=ph.labels,
-                            sources=[f"s{i}" for i in range(len(ph.images))], pixel_spacing_mm=anat.spacing_mm,
-                            masks=[m.astype(np.uint8) for m in ph.masks])
+                            sources=[f"s{i}" for i in range(len(ph.images))], pixel_spacing_mm=anat.spacing_mm)
 
-    return write_dataset(tmp_path_factory.mktemp("data") / "masked", "synthetic", stacks(), source="test",
-                         mask_structures=list(MASK_CODES))
+    return write_dataset(tmp_path_factory.mktemp("data") / "unmasked", "synthetic", stacks(), source="test")
 
 
 @pytest.mark.slow
-def test_a_segmentation_run_end_to_end_resumed(masked_phantom, tmp_path, tiny_synthetic):
+def test_a_segmentation_run_end_to_end_resumed_and_predicting(tiny_synthetic, unmasked_phantom, tmp_path):
     out = tmp_path / "r"
     args = ["--backbone", "mobilenet", "--depth", "0", "--head", "segment", "--profile", "quick", "--epochs", "2",
-            "--folds", "2", "--weights", "none", "--test-fraction", "0.25", "--data", str(masked_phantom)]
+            "--folds", "2", "--weights", "none", "--test-fraction", "0.25", "--data", str(tiny_synthetic)]
     proc = cli([*args, "--out", str(out)])
     stdout, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, stdout
@@ -210,8 +210,15 @@ def test_a_segmentation_run_end_to_end_resumed(masked_phantom, tmp_path, tiny_sy
     assert proc.returncode == 0, stdout
     assert "epoch" not in stdout  # no fit ran again
     assert (run / "test_predictions.csv").read_text() == first
+    # predict with the run's model: the IN range of every stack, a report outlining the predicted structures
+    proc = subprocess.run([sys.executable, "-m", "benchmark", "predict", str(tiny_synthetic), "--model", str(run),
+                           "--out", str(tmp_path / "pred")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ranges = json.loads((tmp_path / "pred" / "ranges.json").read_text())
+    assert len(ranges["stacks"]) == 16 and "depth 0+seg" in proc.stdout
+    assert len(list((tmp_path / "pred").glob("report_*.png"))) == 16
     # a dataset without masks: one message naming the option, nothing written
-    proc = cli([*args[:-1], str(tiny_synthetic), "--out", str(tmp_path / "none")])
+    proc = cli([*args[:-1], str(unmasked_phantom), "--out", str(tmp_path / "none")])
     stdout, _ = proc.communicate(timeout=300)
     assert proc.returncode == 2 and "--head segment" in stdout and "no masks" in stdout
     assert not (tmp_path / "none" / "mobilenet_d0+seg").exists()
