@@ -42,8 +42,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory beside `path`; on success it replaces `path` (and whatever was there).
 
-    The old directory is renamed aside before the new one is renamed in and only deleted afterwards, so at
-    every moment `path` is either the complete old directory or the complete new one (or, after a crash between
+    The old directory is renamed aside before the new one is renamed in and only deleted afterwards (a symbolic link
+    there is removed as a link, its target kept), so at every moment `path` is either the complete old directory or the complete new one (or, after a crash between
     the two renames, absent with both kept beside it under clearly named temporary names)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,7 +55,12 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if aside is not None:
+    if aside is not None and aside.is_symlink():  # the link goes, never what it points at
+        target = os.readlink(aside)
+        aside.unlink()
+        print(f"note: {path} was a symbolic link to {target}; the link is replaced by the new directory and "
+              f"{target} is left as it was", file=sys.stderr)
+    elif aside is not None:
         try:
             shutil.rmtree(aside)
         except OSError as exc:

@@ -394,6 +394,12 @@ def read_manifest(directory: str | os.PathLike) -> pd.DataFrame:
     dup_img = df["image"].duplicated()
     if dup_img.any():
         raise DataPrepError(f"{path}: image {df['image'][dup_img].iloc[0]} is listed twice")
+    for col in [c for c in ("image", MASK_COLUMN) if c in df]:
+        outside = np.flatnonzero(df[col].map(_escapes).to_numpy())
+        if len(outside):
+            i = int(outside[0])
+            raise DataPrepError(f"{path}: row {i + 1} (line {i + 2}): {col} {df[col].iloc[i]!r} lies outside "
+                                f"{directory}; a dataset holds its own files (copy them in, or import again)")
     for col in ("slice", "n_slices"):
         if not pd.api.types.is_integer_dtype(df[col]):
             raise DataPrepError(f"{path}: column {col} must hold integers")
@@ -404,6 +410,12 @@ def read_manifest(directory: str | os.PathLike) -> pd.DataFrame:
     if "split" in df:
         df["split"] = normalised_split(df["split"], path)
     return df
+
+
+def _escapes(relative: str) -> bool:
+    """A manifest path that leaves the dataset directory: absolute, or through `..` (by its spelling)."""
+    norm = os.path.normpath(relative)
+    return os.path.isabs(relative) or norm == os.pardir or norm.startswith(os.pardir + os.sep)
 
 
 SPLIT_VALUES = ("train", "test", "")  # "": no designation (a patient the image-set CSV left without a split)

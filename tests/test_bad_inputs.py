@@ -224,6 +224,31 @@ def _(c: Ctx) -> Case:
     return Case("benchmark", c.bench("--data", str(data)), (str(data / "manifest.csv"), "duplicate rows for patient"))
 
 
+def manifest_path_outside(c: Ctx, column: str, path: str) -> Path:
+    """tiny with row 3's `column` pointing outside the dataset directory, at a copy of its file that exists."""
+    data = copy_dataset(c.tiny, c.tmp / "data")
+    (c.tmp / "elsewhere").mkdir()
+    df = pd.read_csv(data / "manifest.csv", keep_default_na=False)
+    shutil.copy(data / df.loc[3, "image"], c.tmp / "elsewhere" / "x.png")
+    return edit_manifest(data, lambda df: df.assign(**{column: [path if i == 3 else v
+                                                                   for i, v in enumerate(df.get(column, ""))]}))
+
+
+@case("benchmark/manifest_image_outside_the_dataset")
+def _(c: Ctx) -> Case:
+    data = manifest_path_outside(c, "image", "../elsewhere/x.png")
+    return Case("benchmark", c.bench("--data", str(data)),
+                (f"{data / 'manifest.csv'}: row 4 (line 5): image '../elsewhere/x.png' lies outside {data}",))
+
+
+@case("predict/manifest_mask_outside_the_dataset")
+def _(c: Ctx) -> Case:
+    path = str(c.tmp / "elsewhere" / "x.png")
+    data = manifest_path_outside(c, "mask", path)
+    return Case("predict", ["--model", fake_model(c.tmp / "run"), data, "--out", c.tmp / "o"],
+                (f"{data / 'manifest.csv'}: row 4 (line 5): mask {path!r} lies outside {data}",))
+
+
 @case("benchmark/unknown_labels")
 def _(c: Ctx) -> Case:
     data = edit_manifest(copy_dataset(c.tiny, c.tmp / "data"), lambda df: df.assign(

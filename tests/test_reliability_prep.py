@@ -127,6 +127,21 @@ def test_replacement_renames_aside_and_warns_when_the_old_copy_cannot_be_deleted
     assert len(read_manifest(ds)) > 0 and read_dataset_json(ds)["options"]["seed"] == 1
 
 
+def test_overwrite_through_a_symbolic_link_replaces_the_link_and_keeps_its_target(tmp_path, capsys):
+    real = synthetic.generate(tmp_path / "real", patients=1, seed=0)
+    old = files_under(real)
+    link = tmp_path / "LINK"
+    link.symlink_to("real")
+    capsys.readouterr()
+    assert main(["synthetic", "--out", str(link), "--patients", "1", "--seed", "1", "--overwrite"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"note: {link} was a symbolic link to real; the link is replaced by the new directory and real "
+                   f"is left as it was"], err
+    assert link.is_dir() and not link.is_symlink() and read_dataset_json(link)["options"]["seed"] == 1
+    assert files_under(real) == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["LINK", "real"]  # no .LINK.old-* left
+
+
 def test_a_failed_swap_puts_the_old_dataset_back(tmp_path, monkeypatch):
     ds = synthetic.generate(tmp_path / "ds", patients=1, seed=0)
     old = files_under(ds)
