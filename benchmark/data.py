@@ -40,10 +40,11 @@ def default_cache_root() -> Path:
 
 
 def synthetic_default(patients: int, seed: int = 0) -> Path:
-    """The embedded phantom dataset, generated on first use and reused afterwards."""
+    """The embedded phantom dataset, generated on first use and reused afterwards (made again where the copy
+    there predates the phantom's masks)."""
     from data_prep import synthetic
     path = default_cache_root() / f"synthetic-p{patients}-s{seed}"
-    if not (path / "manifest.csv").is_file():
+    if not (path / "manifest.csv").is_file() or not mask_structures(path):
         get_log("data").info(f"generating the synthetic default ({patients} patients) in {path}")
         synthetic.generate(path, patients=patients, seed=seed, overwrite=True)
     return path
