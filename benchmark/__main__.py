@@ -189,8 +189,10 @@ def _run(args: argparse.Namespace) -> int:
     from .data import synthetic_default
     from .errors import BenchmarkInputError
     from .grid import make_experiment, plan, run_grid
-    from .layout import FINISHED, check_writable
-    from .jobs import make_executor
+    from data_prep.lock import exclusive
+
+    from .layout import FINISHED, LOCK, check_writable
+    from .jobs import make_executor, run_names
     from .profiles import get_profile
     from .registry import choose_weights, get_spec
     profile = get_profile(args.profile).with_overrides(epochs=args.epochs, segment_epochs=args.epochs,
@@ -236,7 +238,8 @@ def _run(args: argparse.Namespace) -> int:
     # no deterministic XLA kernel), and on the CPU the kernels we use are deterministic already; the tests check
     # that a killed-and-resumed run reproduces an uninterrupted one byte for byte.
     keras.utils.set_random_seed(args.seed)
-    with make_executor(args.executor, args.workers, args.address) as executor:
+    with exclusive(args.out / LOCK, "--out", args.out), make_executor(args.executor, args.workers,
+                                                                      args.address) as executor:
         if args.train_fraction:
             return _label_efficiency(args, profile, pairs, data, executor)
         exp = make_experiment(data, profile, args.seed, args.out, args.weights or profile.weights,
@@ -246,8 +249,11 @@ def _run(args: argparse.Namespace) -> int:
         log = _log_to(args.out)  # every input checked: the run starts
         summary = run_grid(exp, pairs, force=args.force, executor=executor)
     log.info(f"summary: {args.out / 'summary.csv'}")
-    failed = summary[~summary["status"].isin(FINISHED)] if not summary.empty else summary
-    return 1 if len(failed) else 0
+    if summary.empty:
+        return 0
+    # the summary lists every run in OUT, also those of earlier commands with other models
+    mine = summary["run"].isin(run_names(exp, pairs))
+    return 1 if (mine & ~summary["status"].isin(FINISHED)).any() else 0
 
 
 def _label_efficiency(args: argparse.Namespace, profile, pairs, data: Path, executor) -> int:

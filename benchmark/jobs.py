@@ -443,6 +443,11 @@ def run_jobs(exp: Experiment, pairs: list[tuple[str, int]], executor: Executor, 
     return sorted(failed)
 
 
+def run_names(exp: Experiment, pairs: list[tuple[str, int]]) -> list[str]:
+    """The runs a grid of `pairs` makes (stack-context and segmentation runs included)."""
+    return [run.name for run in _runs(exp, build_graph(exp, pairs, fit_threads=False))]
+
+
 def _widest(graph: "OrderedDict[Job, tuple[Job, ...]]", todo: list[Job]) -> int:
     """The most of `todo` that can run at once: jobs started as soon as their needs are done, each taking one step
     (the graph lists a job after its needs)."""

@@ -33,6 +33,7 @@ RESULTS_FORMAT = 1
 # ---- file names ----------------------------------------------------------------------------------------------------
 DONE = "DONE"
 ERROR = "error.txt"
+LOCK = ".lock"                # OUT/.lock: the process writing OUT (data_prep.lock), removed when it ends
 CONFIG = "config.json"
 FOLDS = "folds.csv"
 CV_HISTORY = "cv_history.csv"

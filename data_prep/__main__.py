@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+from . import lock
 from .errors import DataPrepError
 
 # subcommand -> (module, one-line help)
@@ -46,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        out = args._run(args)
+        # held from the check of --out to the rename of the new dataset into it: two imports to one --out would
+        # both find it free, and one dataset would silently replace the other
+        with lock.exclusive(lock.beside(args.out), "--out", args.out):
+            out = args._run(args)
     except DataPrepError as exc:
         print(f"data_prep {args.source}: error: {exc}", file=sys.stderr)
         return 2

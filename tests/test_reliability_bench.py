@@ -259,3 +259,32 @@ def test_more_workers_than_jobs_that_can_run_at_once_start_no_more(tiny_syntheti
     assert pool.slots == 2 and pool.pool is None  # nothing started before the first submit
     assert "--workers 8: at most 2 job(s) can run at once here, so 2 worker process(es) start" in capsys.readouterr().out
     pool.close()
+
+
+def test_a_second_benchmark_on_one_out_is_refused_naming_the_lock_and_its_owner(tiny_synthetic, tmp_path, capsys):
+    from data_prep.lock import exclusive
+    out = tmp_path / "out"
+    out.mkdir()
+    with exclusive(out / ".lock", "--out", out):
+        held = (out / ".lock").read_text().strip()
+        rc = benchmark_main(["--backbone", "cbr_tiny", *QUICK, "--test-fraction", "0.25", "--data",
+                             str(tiny_synthetic), "--out", str(out)])
+    assert rc == 2 and capsys.readouterr().err.strip().splitlines() == [
+        f"benchmark: error: --out {out} is in use by {held} (lock file {out / '.lock'}); wait for it to end, or use "
+        f"another --out"]
+    assert sorted(p.name for p in out.iterdir()) == []  # nothing read or written, the lock removed by its holder
+
+
+@pytest.mark.slow
+def test_another_models_unfinished_run_in_out_does_not_fail_this_command(tiny_synthetic, tmp_path):
+    """OUT holds mobilenet_d0, started by another command and not finished: a cbr_tiny run there ends with exit 0,
+    the summary listing mobilenet_d0 as not finished."""
+    out = tmp_path / "out"
+    exp = make_experiment(tiny_synthetic, quick(), 0, out, "none", use_cache=True, test_fraction=0.25)
+    other = RunSpec.of(exp, get_spec("mobilenet"), 0)
+    other.dir.mkdir(parents=True)
+    atomic.write_json(other.dir / "config.json", other.config())
+    assert benchmark_main(["--backbone", "cbr_tiny", *QUICK, "--test-fraction", "0.25", "--data", str(tiny_synthetic),
+                           "--out", str(out)]) == 0
+    summary = pd.read_csv(out / "summary.csv").set_index("run")["status"]
+    assert summary["cbr_tiny"] == "done" and summary["mobilenet_d0"] != "done"

@@ -266,3 +266,38 @@ def test_full_disk_while_replacing_keeps_the_old_dataset(tmp_path, capsys, monke
     assert main(["synthetic", "--out", str(ds), "--patients", "1", "--seed", "1", "--overwrite"]) == 2
     assert "the dataset already there is unchanged" in one_error(capsys, "synthetic")
     assert files_under(ds) == old and [p.name for p in tmp_path.iterdir()] == ["ds"]
+
+
+def test_a_second_writer_of_one_out_is_refused_naming_the_lock_and_its_owner(tmp_path, capsys):
+    from data_prep import lock
+    out = tmp_path / "ds"
+    with lock.exclusive(lock.beside(out), "--out", out):
+        held = lock.beside(out).read_text().strip()
+        assert held.startswith(f"pid {os.getpid()} on host ")
+        assert main(["synthetic", "--patients", "1", "--out", str(out)]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"data_prep synthetic: error: --out {out} is in use by {held} (lock file {lock.beside(out)}); wait for "
+            f"it to end, or use another --out"]
+        assert not out.exists()
+    assert not lock.beside(out).exists()  # removed by its holder
+    assert main(["synthetic", "--patients", "1", "--out", str(out)]) == 0 and not lock.beside(out).exists()
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, capsys):
+    import subprocess
+    import sys
+    from data_prep import lock
+    out = tmp_path / "ds"
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time; from data_prep import lock; "
+                              "c = lock.exclusive(lock.beside(sys.argv[1]), '--out', sys.argv[1]); c.__enter__(); "
+                              "print('held', flush=True); time.sleep(60)", str(out)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "held\n"
+    left = lock.beside(out).read_text().strip()
+    child.kill()
+    child.wait()
+    assert lock.beside(out).read_text().strip() == left  # the file stays, its flock went with the process
+    capsys.readouterr()
+    assert main(["synthetic", "--patients", "1", "--out", str(out)]) == 0
+    assert (f"note: {lock.beside(out)} was left by {left}, which is no longer running; taken over"
+            in capsys.readouterr().err)
+    assert not lock.beside(out).exists() and len(read_manifest(out)) > 0
