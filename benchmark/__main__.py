@@ -178,9 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"benchmark: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("benchmark: interrupted; finished jobs are kept and a re-run resumes", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM while jobs run (jobs.Interrupted)
+        import shlex
+        import signal
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"benchmark: {exc if str(exc) else 'stopped by ' + signal.Signals(signum).name}; finished jobs are "
+              f"kept, and the same command resumes: python -m benchmark {shlex.join(argv)}", file=sys.stderr)
+        return 128 + signum
     finally:
         close_files()
 

@@ -402,7 +402,7 @@ def run_jobs(exp: Experiment, pairs: list[tuple[str, int]], executor: Executor, 
     # a bar with the ETA over the whole graph on a terminal (tqdm leaves it out when stderr is not one)
     bar = tqdm(total=total, desc=f"{exp.out.name}: jobs", unit="job", leave=False, file=sys.stderr,
                disable=bool(os.environ.get("TQDM_DISABLE")) or None)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = {signum: signal.signal(signum, _raise_interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         while todo or inflight:
             for job in [j for j in todo if j.run in failed or any(d.run in failed for d in graph[j])]:
@@ -435,9 +435,13 @@ def run_jobs(exp: Experiment, pairs: list[tuple[str, int]], executor: Executor, 
                     line += f": {_scores(exp, job.run)}"
                 bar.update()
                 LOG.info(line)
+    except KeyboardInterrupt as exc:  # what was cut short, for the line that says how to resume
+        raise Interrupted(getattr(exc, "signum", signal.SIGINT), tuple(sorted(map(str, inflight))), n_done,
+                          total) from None
     finally:
         bar.close()
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     for name, error in failed.items():
         atomic.write_text(exp.out / name / ERROR, error)
     return sorted(failed)
@@ -503,8 +507,22 @@ def headline(m: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+class Interrupted(KeyboardInterrupt):
+    """The grid stopped by Ctrl-C (SIGINT) or SIGTERM: which, the jobs it cut short, how many it had finished. The
+    cut jobs wrote no marker, so a resume redoes them from their start."""
+
+    def __init__(self, signum: int, stopped: tuple[str, ...] = (), done: int = 0, total: int = 0) -> None:
+        super().__init__(signum)
+        self.signum, self.stopped, self.done, self.total = signum, stopped, done, total
+
+    def __str__(self) -> str:
+        during = f" during {', '.join(self.stopped)}" if self.stopped else ""
+        return (f"stopped by {signal.Signals(self.signum).name}{during}, {self.done} of {self.total} job(s) "
+                f"finished")
+
+
 def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+    raise Interrupted(signum)
 
 
 def _stop_on_fatal(exc: BaseException) -> None:

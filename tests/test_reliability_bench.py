@@ -288,3 +288,35 @@ def test_another_models_unfinished_run_in_out_does_not_fail_this_command(tiny_sy
                            "--out", str(out)]) == 0
     summary = pd.read_csv(out / "summary.csv").set_index("run")["status"]
     assert summary["cbr_tiny"] == "done" and summary["mobilenet_d0"] != "done"
+
+
+@pytest.mark.slow
+def test_sigterm_and_ctrl_c_stop_within_seconds_and_say_how_to_resume(tiny_synthetic, tmp_path):
+    """SIGTERM (exit 143) and SIGINT (Ctrl-C, exit 130) during training end the command within seconds with a line
+    naming the job cut short and the command that resumes; the resume's results are an uninterrupted run's."""
+    import signal
+    import time
+
+    from conftest import cli
+    args = ["--backbone", "cbr_tiny", *QUICK, "--test-fraction", "0.25", "--data", str(tiny_synthetic)]
+    assert benchmark_main([*args, "--out", str(tmp_path / "reference")]) == 0
+    out = tmp_path / "out"
+    run = out / "cbr_tiny"
+    for signum, wait_for in ((signal.SIGTERM, run / "jobs" / "cv_lr0.01_f0" / "DONE"),
+                             (signal.SIGINT, run / "jobs" / "cv_lr0.01_f1" / "DONE")):
+        proc = cli([*args, "--out", str(out)])
+        deadline = time.time() + 300
+        while not wait_for.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        t0 = time.perf_counter()
+        proc.send_signal(signum)
+        output, _ = proc.communicate(timeout=60)
+        assert time.perf_counter() - t0 < 15 and proc.returncode == 128 + signum, output
+        last = output.strip().splitlines()[-1]
+        assert last.startswith(f"benchmark: stopped by {signal.Signals(signum).name} during cbr_tiny "), last
+        assert last.endswith(f"finished jobs are kept, and the same command resumes: python -m benchmark "
+                             f"{' '.join(args)} --out {out}"), last
+        assert not (run / "DONE").exists() and not (out / ".lock").exists()
+    assert benchmark_main([*args, "--out", str(out)]) == 0
+    for name in ("test_metrics.json", "test_predictions.csv", "selection.json"):
+        assert (run / name).read_bytes() == (tmp_path / "reference" / "cbr_tiny" / name).read_bytes(), name
