@@ -137,10 +137,25 @@ def fig5_tsne(results: Results, runs: Sequence[str] | None = None, data: str | P
     return fig
 
 
+def other_model(run: Run) -> str | None:
+    """Why the per-slice network in a run's model.keras is not what made its test predictions (a stack-context run:
+    the stack model over whole stacks; a segmentation run: the range model over predicted masks), or None."""
+    if "stack_model" in run.config:
+        return (f"{run.name} is a stack-context run: its predictions come from the stack model over whole stacks, "
+                f"not from the per-slice network its model.keras holds (run {run.config['stack_model']['base_run']})")
+    if "segment_model" in run.config:
+        return f"{run.name} is a segmentation run: its slice labels come from predicted masks, not a classifier"
+    return None
+
+
 def default_cam_run(results: Results) -> Run:
-    """VGG16 (the paper's Grad-CAM network) at its better depth if it finished, else the best run."""
-    vgg = [r for r in results.done if r.config["backbone"] == "vgg16"]
-    return results.best(vgg) if vgg else results.best()
+    """VGG16 (the paper's Grad-CAM network) at its better depth if it finished, else the best run; either among the
+    runs whose predictions their own per-slice network made, the network Grad-CAM explains."""
+    runs = [r for r in results.done if other_model(r) is None]
+    if not runs:
+        raise FigureUnavailable(f"{results.root}: no finished run whose predictions a per-slice classifier made")
+    vgg = [r for r in runs if r.config["backbone"] == "vgg16"]
+    return results.best(vgg or runs)
 
 
 @dataclass
@@ -173,6 +188,9 @@ def cam_picks(run: Run) -> dict[tuple[int, int], int]:
 
 def cam_grid(run: Run, data: str | Path | None = None, samples: int = 20, seed: int = 0) -> CamGrid:
     """Grad-CAM (registry CAM layer) and SmoothGrad for the predicted class of one image per confusion cell."""
+    if other_model(run):
+        raise FigureUnavailable(f"{other_model(run)}; Grad-CAM of that network would explain another model than "
+                                f"the run's (--gradcam-run names a per-slice run)")
     if run.task != "classification":
         raise FigureUnavailable(f"{run.name} is a {run.task} model: Grad-CAM here reads a classifier's pre-softmax "
                                 f"logits, which a multi-task model's shared output does not expose")
@@ -245,7 +263,8 @@ def fig6_gradcam(grid: CamGrid) -> Figure:
         bar_fig.colorbar(images["sal"], cax=bars[1], label="SmoothGrad")
     else:
         bar_fig.set_visible(False)
-    note = (f"{run.title} (macro-F1 {run.metric('macro_f1'):.3f}). Rows: true class; columns: predicted class; "
+    note = (f"{run.title} (run {run.name}, whose network made its test predictions; macro-F1 "
+            f"{run.metric('macro_f1'):.3f}). Rows: true class; columns: predicted class; "
             f"n: test images in the cell (the confusion matrix). Each cell: the image of median confidence, "
             f"Grad-CAM ({grid.methods[0]}) of layer {grid.layer} and SmoothGrad ({grid.methods[1]}), for the "
             f"predicted class.")
