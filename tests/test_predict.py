@@ -323,7 +323,7 @@ def test_viewer_keys():
     fig = Figure()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     FigureCanvasAgg(fig)
-    viewer = PredictionViewer(stacks, SimpleNamespace(name="m", classes=CLASSES, stack=None), fig=fig)
+    viewer = PredictionViewer(stacks, SimpleNamespace(name="m", classes=CLASSES, stack=None, segments=False), fig=fig)
 
     def images_per_tile():
         return max(len(ax.images) for ax in fig.axes)
