@@ -10,8 +10,9 @@ data_prep.dicom_io), overridable with --apex-first / --base-first. Labels are em
 Incomplete positions (a position lacking some phases) are reported as warnings and in dataset.json; each phase's
 stack holds only the positions that have that phase, so some stacks are shorter (the `position_mm` column and the
 orientation evidence say which positions each stack holds). A gap in slice positions (a spacing above 1.5x the
-median) is an error unless --allow-gaps. Mixed patients, several studies, mixed orientations and a single slice
-position are errors.
+median) is an error unless --allow-gaps. Series of another orientation than the short-axis stack (localisers,
+long-axis cines) are left out with a warning naming them. Mixed patients, several studies, mixed orientations within
+the stack and a single slice position are errors.
 
 No identifying header value is written: the patient id is --patient, else `dcm` + the first 10 hex digits of
 SHA-256(PatientID, StudyInstanceUID) -- stable for a study, not reversible without the StudyInstanceUID.

@@ -370,6 +370,41 @@ def common_normal(images: Sequence[DicomImage], where: str) -> np.ndarray:
     return ref.normal
 
 
+def short_axis_series(images: Sequence[DicomImage], where: str) -> tuple[list[DicomImage], list[str]]:
+    """The images of the short-axis stack in a folder that also holds series of other orientations (localisers,
+    long-axis cines, as a scanner exports a whole exam), and a note per series left out.
+
+    Series are grouped by the orientation of their first image; the group covering the most slice positions is the
+    stack. With images lacking geometry, or two groups covering equally many positions, every image is returned, for
+    `require_geometry` and `common_normal` to refuse."""
+    if any(im.position is None or im.normal is None for im in images):
+        return list(images), []
+    by_series: dict[str, list[DicomImage]] = defaultdict(list)
+    for im in images:
+        by_series[im.series_uid].append(im)
+    groups: list[list[list[DicomImage]]] = []  # series of one orientation
+    for series in by_series.values():
+        group = next((g for g in groups if abs(float(g[0][0].normal @ series[0].normal)) >= SAME_PLANE_COS), None)
+        if group is None:
+            groups.append([series])
+        else:
+            group.append(series)
+
+    def positions(group: list[list[DicomImage]]) -> int:
+        normal = group[0][0].normal
+        return len(cluster_positions([float(im.position @ normal) for series in group for im in series]))
+
+    counts = [positions(g) for g in groups]
+    best = max(range(len(groups)), key=counts.__getitem__)
+    if len(groups) == 1 or sorted(counts)[-2] == counts[best]:
+        return list(images), []
+    stack = ", ".join(str(series[0].series_number) for series in groups[best])
+    notes = [f"{where}: skipped series {series[0].series_number} ({len(series)} image(s), {series[0].path.name}...): "
+             f"another orientation than the short-axis stack (series {stack}, {counts[best]} slice positions)"
+             for i, group in enumerate(groups) if i != best for series in group]
+    return [im for series in groups[best] for im in series], notes
+
+
 def cluster_positions(values: Sequence[float], tol: float = POSITION_TOL_MM) -> list[list[int]]:
     """Indices of values grouped into positions (sorted ascending), a new group after each jump above tol."""
     order = sorted(range(len(values)), key=lambda i: values[i])
@@ -501,16 +536,20 @@ def group_cine(images: Sequence[DicomImage], where: str, override: str | None = 
                allow_gaps: bool = False) -> CineStudy:
     """Group the images of one study into slice positions and cine phases, positions ordered apex -> base.
 
-    Refuses mixed patients or studies, mixed orientations, a single position, and (unless allow_gaps) gaps.
+    Leaves out series of another orientation than the short-axis stack (`short_axis_series`), with a warning each.
+    Refuses mixed patients or studies, mixed orientations within the stack, a single position, and (unless
+    allow_gaps) gaps.
     Incomplete positions are kept for the phases they have and reported in `incomplete` and `warnings`.
     """
     if not images:
         raise DataPrepError(f"{where}: no images")
     check_one_patient(images, where)
+    images, skipped = short_axis_series(images, where)
     normal = common_normal(images, where)
     s_all = [float(im.position @ normal) for im in images]
     groups = [[images[i] for i in idx] for idx in cluster_positions(s_all)]
     groups, notes = _one_series_per_position(groups, where)
+    notes = skipped + notes
     if len(groups) < 2:
         raise DataPrepError(f"{where}: not short-axis-like: all {len(images)} images are at one slice position "
                             f"(a short-axis stack needs several)")

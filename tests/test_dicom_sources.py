@@ -287,9 +287,23 @@ def test_inconsistent_orientation_in_a_series(tmp_path):
         dicom.build_stacks(src)
 
 
-def test_other_orientation_series_is_refused(tmp_path):
+def test_a_series_of_another_orientation_is_skipped_with_a_note(tmp_path):
+    """A long-axis or localiser series beside the short-axis cine (a whole exam exported): left out, said once."""
     src = tmp_path / "src"
     write_cine(src / "sax", n_pos=3, n_phases=1)
+    write_image(src / "lax" / "4ch.dcm", value=1, position=[0, 0, 50], normal=[0.0, 1.0, 0.0],
+                series_uid="1.2.3.4.8", series_number=8)
+    stacks, notes, _, _ = dicom.build_stacks(src)
+    assert len(stacks) == 1 and len(stacks[0].images) == 3 and not any("4ch" in s for s in stacks[0].sources)
+    assert [n for n in notes if "skipped" in n] == [
+        f"{src}: skipped series 8 (1 image(s), 4ch.dcm...): another orientation than the short-axis stack "
+        f"(series 7, 3 slice positions)"]
+
+
+def test_two_stacks_of_other_orientations_are_refused(tmp_path):
+    """As many slice positions in two orientations: which is the short-axis stack cannot be told."""
+    src = tmp_path / "src"
+    write_cine(src / "sax", n_pos=1, n_phases=1)
     write_image(src / "lax" / "4ch.dcm", value=1, position=[0, 0, 50], normal=[0.0, 1.0, 0.0],
                 series_uid="1.2.3.4.8", series_number=8)
     with pytest.raises(DataPrepError, match="different slice orientations; point SRC at the short-axis series"):
