@@ -26,7 +26,8 @@ QUICK = ["--profile", "quick", "--epochs", "1", "--folds", "2", "--weights", "no
 
 
 def quick(**kw) -> profiles.Profile:
-    return profiles.get_profile("quick").with_overrides(epochs=1, n_folds=2, **kw)
+    # the profile `--epochs 1` makes: the segmentation head's epochs too
+    return profiles.get_profile("quick").with_overrides(epochs=1, segment_epochs=1, n_folds=2, **kw)
 
 
 def test_reimported_images_under_the_same_manifest_are_other_data(tiny_synthetic, tmp_path, capsys):
