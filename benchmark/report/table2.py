@@ -276,7 +276,9 @@ def table2_markdown(df: pd.DataFrame) -> str:
     parts = []
     groups = _table2_groups(df)
     first_plain = next((g for g, (title, _) in enumerate(groups) if title not in WITH_BASELINES), 0)
-    cv_name = heading(df["cv_metric"].dropna().iat[0].removeprefix("val_")) if df["cv_metric"].notna().any() else ""
+    # runs select by different metrics (the segmentation head by Dice): then each cell names its own
+    cv_metrics = sorted(set(df["cv_metric"].dropna()))
+    cv_name = heading(cv_metrics[0].removeprefix("val_")) if len(cv_metrics) == 1 else "selection metric"
     for g, (title, keys) in enumerate(groups):
         rows = df if title in WITH_BASELINES else df[df["depth"] != BASELINE_DEPTH]
         extra = [f"CV {cv_name} (mean ± SD)"] if g == first_plain else []
@@ -291,7 +293,9 @@ def table2_markdown(df: pd.DataFrame) -> str:
                 value = _value(r, k)
                 cells.append((f"**{value}**" if marks[k][i] else value) + _ci_text(*_interval(r, k)))
             if extra:
-                cells.append(f"{num(r.cv_mean, 3)} ± {num(r.cv_sd, 3)}")
+                own = f" ({heading(r.cv_metric.removeprefix('val_'))})" if len(cv_metrics) > 1 and isinstance(
+                    r.cv_metric, str) else ""
+                cells.append(f"{num(r.cv_mean, 3)} ± {num(r.cv_sd, 3)}{own}")
                 cells += [num(r[c], 0) for c in supports]
             table.append(cells)
         parts.append(f"### {title}\n\n" + markdown_table(head, table))
