@@ -62,10 +62,24 @@ def results_small() -> Path:
 
 
 @pytest.fixture(scope="session")
-def results_with_model(tmp_path_factory, tiny_synthetic) -> Path:
+def results_small_data(tiny_synthetic, tmp_path_factory) -> Path:
+    """The dataset results_small was made from: tiny_synthetic as data_prep wrote the phantom before it kept its
+    masks (the same images; the manifest without its mask column, byte for byte the one the fixture's runs record)."""
+    import shutil
+
+    import pandas as pd
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    shutil.copytree(tiny_synthetic, out, ignore=shutil.ignore_patterns("masks"))
+    manifest = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
+    manifest.drop(columns=["mask"]).to_csv(out / "manifest.csv", index=False, lineterminator="\n")
+    return out
+
+
+@pytest.fixture(scope="session")
+def results_with_model(tmp_path_factory, results_small_data) -> Path:
     """results_small copied, with an untrained model.keras for the runs the report picks by default (best run,
     Grad-CAM run): model-dependent figures can then be drawn. The weights are random, so the maps and features
-    are not those of the run; the dataset is tiny_synthetic, the one the fixture was made from."""
+    are not those of the run; the dataset is results_small_data, the one the fixture was made from."""
     import shutil
 
     from benchmark import report

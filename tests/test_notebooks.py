@@ -194,8 +194,8 @@ def test_gradcam_notebook_without_a_model(kernel, results_small, tmp_path):
 
 
 @pytest.mark.slow
-def test_gradcam_notebook_draws_the_maps(kernel, results_with_model, tiny_synthetic, tmp_path):
-    env = settings(results_with_model, DATA=str(tiny_synthetic), SMOOTH_SAMPLES="2")
+def test_gradcam_notebook_draws_the_maps(kernel, results_with_model, results_small_data, tmp_path):
+    env = settings(results_with_model, DATA=str(results_small_data), SMOOTH_SAMPLES="2")
     nb, figures = execute("04_gradcam.ipynb", kernel, env, tmp_path)
     (fig,) = figures
     pngs(nb)

@@ -185,11 +185,11 @@ def test_missing_model_and_dataset_say_so(results, tmp_path):
 
 
 @pytest.mark.slow
-def test_model_figures_on_a_regenerated_model(results_with_model, tiny_synthetic):
+def test_model_figures_on_a_regenerated_model(results_with_model, results_small_data):
     results = report.load_results(results_with_model)
     run = report.default_cam_run(results)  # no VGG16 in the fixture: the best run
     assert run.name == "mobilenetv2_d0"
-    grid = report.cam_grid(run, data=tiny_synthetic, samples=2)
+    grid = report.cam_grid(run, data=results_small_data, samples=2)
     assert grid.counts.tolist() == run.metrics["confusion"]
     assert set(grid.picks) == {(t, p) for t in range(3) for p in range(3) if grid.counts[t, p]}
     preds = run.predictions
@@ -200,9 +200,9 @@ def test_model_figures_on_a_regenerated_model(results_with_model, tiny_synthetic
     assert grid.max_output_diff > 0.05
     fig = report.fig6_gradcam(grid)
     assert "WARNING" in fig._suptitle.get_text()
-    feats, rows = report.pooled_features(run, data=tiny_synthetic)
+    feats, rows = report.pooled_features(run, data=results_small_data)
     assert feats.shape == (len(rows), 1280) and len(rows) == run.metrics["n"]
-    fig = report.fig5_tsne(results, data=tiny_synthetic)
+    fig = report.fig5_tsne(results, data=results_small_data)
     assert fig.axes[0].get_xlabel() == "t-SNE 1" and [t.get_text() for t in fig.axes[0].get_legend().get_texts()] \
         == ["OAP (n=2)", "IN (n=52)", "OBS (n=2)", "misclassified (0)"]
 
