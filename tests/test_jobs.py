@@ -65,11 +65,19 @@ def test_graph_dependencies(tiny_exp):
 
 @pytest.mark.slow
 def test_kill9_at_three_random_moments_then_resume_equals_uninterrupted(tiny_grid, tmp_path):
-    """kill -9 at three random moments (a random number of finished jobs, plus a random fraction of a second so the
-    kill lands inside a job), a SIGTERM, then a full resume: the results equal the uninterrupted run's."""
+    """A SIGTERM, kill -9 at three random moments (a random number of finished jobs, plus a random fraction of a
+    second so the kill lands inside a job), then a full resume: the results equal the uninterrupted run's. The SIGTERM
+    comes first, once the process has finished a job of its own (its handler is set), while most of the grid is
+    still to run: sent near the grid's end it could find the process already finished."""
     args, reference, _ = tiny_grid
     out = tmp_path / "killed"
     total = markers(reference)
+    proc = cli([*args, "--out", str(out)])
+    while markers(out) < 1 and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "finished jobs are kept" in stdout, stdout
     rng = random.Random(7)
     targets = sorted(rng.sample(range(1, total - 1), 3))
     for target in targets:
@@ -81,13 +89,6 @@ def test_kill9_at_three_random_moments_then_resume_equals_uninterrupted(tiny_gri
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert markers(out) < total and not (out / "cbr_tiny" / "DONE").exists(), "killed too late to test"
-    proc = cli([*args, "--out", str(out)])
-    resumed_from = markers(out)  # SIGTERM once this process has finished a job of its own (its handler is set)
-    while markers(out) < resumed_from + 1 and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    stdout, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 143 and "finished jobs are kept" in stdout
     proc = cli([*args, "--out", str(out)])
     stdout, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, stdout
